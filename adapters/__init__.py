@@ -1,0 +1,1 @@
+"""LoRA adapters: registry, validation, training and evals. Built in issue #5."""

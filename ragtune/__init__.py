@@ -1,0 +1,1 @@
+"""ragtune: core settings, errors and the command line shared by every package."""

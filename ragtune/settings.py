@@ -1,0 +1,102 @@
+"""Settings shared by every ragtune command: one pydantic-settings object, env prefix RAGTUNE_."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class QdrantSettings(_Section):
+    """Where the vectors live: a server when `url` is set, else embedded on disk at `path`."""
+
+    url: str | None = None
+    api_key: SecretStr | None = None
+    # None means `<data_dir>/qdrant`; ":memory:" keeps everything in the process (tests).
+    path: str | None = None
+    timeout_s: float = Field(default=30.0, gt=0)
+
+
+class EmbeddingSettings(_Section):
+    """The dense embedder: a model name or a local sentence-transformers folder."""
+
+    model: str = DEFAULT_EMBEDDING_MODEL
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    device: str = "cpu"
+    # The hub is never contacted unless a deployment explicitly allows it.
+    allow_download: bool = False
+
+
+class ChunkingSettings(_Section):
+    """Chunk sizes, in the embedder's own tokens."""
+
+    # None means "as large as the embedder reads" (254 for all-MiniLM-L6-v2: 256 minus its
+    # two special tokens).
+    size: int | None = Field(default=None, ge=16)
+    overlap: int = Field(default=32, ge=0)
+
+
+class SparseSettings(_Section):
+    """BM25 term weighting for the sparse lexical vector (IDF is applied by Qdrant)."""
+
+    k1: float = Field(default=1.2, gt=0)
+    b: float = Field(default=0.75, ge=0, le=1)
+    # Qdrant's own BM25 (fastembed) uses a fixed average length instead of corpus statistics,
+    # so stored vectors never go stale as the collection grows.
+    avg_len: float = Field(default=256.0, gt=0)
+    language: str = "english"
+
+
+class IngestSettings(_Section):
+    default_collection: str = "docs"
+    # Documents are written in groups of this many chunks (embedding batches are separate).
+    write_batch: int = Field(default=256, ge=1)
+
+
+class Settings(BaseSettings):
+    """All of ragtune's settings; nested sections read from RAGTUNE_<SECTION>__<FIELD>."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RAGTUNE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Path(".ragtune")
+    qdrant: QdrantSettings = QdrantSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    chunking: ChunkingSettings = ChunkingSettings()
+    sparse: SparseSettings = SparseSettings()
+    ingest: IngestSettings = IngestSettings()
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.chunking.size is not None and self.chunking.overlap >= self.chunking.size:
+            raise ValueError(
+                f"chunking.overlap ({self.chunking.overlap}) must be smaller than "
+                f"chunking.size ({self.chunking.size})"
+            )
+        if self.environment == "production" and self.qdrant.api_key is not None:
+            _refuse_placeholder("qdrant.api_key", self.qdrant.api_key)
+        return self
+
+    def qdrant_location(self) -> str:
+        """The embedded Qdrant location: the configured path, or `<data_dir>/qdrant`."""
+        return self.qdrant.path or str(self.data_dir / "qdrant")
+
+
+_PLACEHOLDERS = {"", "changeme", "change-me", "secret", "password", "token", "xxx"}
+
+
+def _refuse_placeholder(name: str, value: SecretStr) -> None:
+    if value.get_secret_value().strip().lower() in _PLACEHOLDERS:
+        raise ValueError(f"{name} is a placeholder; set a real secret in production")
