@@ -1,0 +1,1 @@
+"""Ingestion: files to chunks to embeddings to Qdrant points, plus retrieval over them."""

@@ -1,0 +1,282 @@
+"""Ingestion: plan what changed against what the collection holds, then write only that.
+
+Safe to kill at any point: a document's new points are written before its stale ones are
+deleted, and a document counts as unchanged only when exactly a clean run's points for its
+current content are present, so a re-run finishes whatever an interrupted run left.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qdrant_client import QdrantClient, models
+from tqdm import tqdm
+
+from ingest.chunking import Chunk, Chunker
+from ingest.documents import Document, LoadReport
+from ingest.embedder import Embedder
+from ingest.loaders import discover, load
+from ingest.sparse import SparseEncoder
+from ingest.store import (
+    DENSE,
+    SCHEMA_VERSION,
+    SPARSE,
+    Collection,
+    DocState,
+    compare_manifest,
+    point_id,
+)
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    collection: str
+    include: Sequence[str] = ()
+    exclude: Sequence[str] = ()
+    prune: bool = False
+    dry_run: bool = False
+    reindex: bool = False
+    progress: bool = False
+
+
+@dataclass
+class IngestReport:
+    """What a run did (or, with --dry-run, would do)."""
+
+    collection: str
+    dry_run: bool
+    reindexed: bool = False
+    added: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    chunks_written: int = 0
+    points_deleted: int = 0
+    seconds: float = 0.0
+    load: LoadReport = field(default_factory=LoadReport)
+    # Sources whose documents --prune left alone because the file was only partly read.
+    kept_damaged: list[str] = field(default_factory=list)
+
+    @property
+    def wrote_nothing(self) -> bool:
+        return not (self.added or self.replaced or self.removed or self.reindexed)
+
+    @property
+    def has_errors(self) -> bool:
+        return bool(self.load.line_errors or self.load.duplicate_ids)
+
+
+@dataclass
+class _Pending:
+    doc: Document
+    chunks: list[Chunk]
+    # The point ids the collection holds for this document now.
+    stale: set[str]
+
+    def outdated(self) -> list[str]:
+        """Old point ids that the new chunks do not overwrite."""
+        fresh = {point_id(self.doc.doc_id, c.index) for c in self.chunks}
+        return sorted(self.stale - fresh)
+
+
+class Ingester:
+    """Builds and keeps collections in step with a set of files."""
+
+    def __init__(
+        self,
+        client: QdrantClient,
+        embedder: Embedder,
+        sparse: SparseEncoder,
+        chunker: Chunker,
+        write_batch: int = 256,
+    ) -> None:
+        self.client = client
+        self.embedder = embedder
+        self.sparse = sparse
+        self.chunker = chunker
+        self.write_batch = write_batch
+
+    def manifest(self) -> dict[str, Any]:
+        """The settings a collection remembers; ingesting with others is refused."""
+        return {
+            "schema": SCHEMA_VERSION,
+            "embedder": {"model": self.embedder.name, "dim": self.embedder.dim},
+            "chunker": self.chunker.info(),
+            "sparse": self.sparse.info(),
+        }
+
+    def run(self, paths: Sequence[str | Path], opts: IngestOptions) -> IngestReport:
+        started = time.perf_counter()
+        report = IngestReport(collection=opts.collection, dry_run=opts.dry_run)
+        collection = Collection(self.client, opts.collection)
+        files = discover(paths, opts.include, opts.exclude, report.load)
+        docs = self._unique(load(files, report.load), report.load)
+
+        state: dict[str, DocState] = {}
+        if collection.exists():
+            if opts.reindex:
+                report.reindexed = True
+                if not opts.dry_run:
+                    collection.drop()
+            else:
+                compare_manifest(collection.name, collection.manifest(), self.manifest())
+                state = collection.state()
+        if not opts.dry_run and not collection.exists():
+            collection.create(self.manifest(), self.embedder.dim)
+
+        pending = self._plan(docs, state, report)
+        if opts.prune:
+            self._plan_prune(paths, docs, state, report)
+        removed_ids = [i for d in report.removed for i in sorted(state[d].ids)]
+        if opts.dry_run:
+            for item in pending:
+                item.chunks = self.chunker.split(item.doc)
+                report.chunks_written += len(item.chunks)
+        else:
+            self._write(collection, pending, opts.progress, report)
+            collection.delete(removed_ids)
+        report.points_deleted = len(removed_ids) + sum(len(p.outdated()) for p in pending)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    @staticmethod
+    def _unique(docs: Any, load_report: LoadReport) -> list[Document]:
+        first: dict[str, str] = {}
+        out = []
+        for doc in docs:
+            if doc.doc_id in first:
+                load_report.duplicate_ids.append((doc.doc_id, doc.source, first[doc.doc_id]))
+                continue
+            first[doc.doc_id] = doc.source
+            out.append(doc)
+        return out
+
+    @staticmethod
+    def _plan(
+        docs: list[Document], state: dict[str, DocState], report: IngestReport
+    ) -> list[_Pending]:
+        pending = []
+        for doc in docs:
+            known = state.get(doc.doc_id)
+            if known is None:
+                report.added.append(doc.doc_id)
+                pending.append(_Pending(doc, [], set()))
+            elif known.is_complete(doc.doc_id, doc.content_hash()):
+                report.unchanged += 1
+            else:
+                report.replaced.append(doc.doc_id)
+                pending.append(_Pending(doc, [], set(known.ids)))
+        return pending
+
+    @staticmethod
+    def _plan_prune(
+        paths: Sequence[str | Path],
+        docs: list[Document],
+        state: dict[str, DocState],
+        report: IngestReport,
+    ) -> None:
+        roots = [Path(p).resolve().as_posix() for p in paths]
+        seen = {d.doc_id for d in docs}
+        damaged = report.load.damaged_sources()
+        for doc_id, known in sorted(state.items()):
+            in_scope = any(known.source == r or known.source.startswith(r + "/") for r in roots)
+            if not in_scope or doc_id in seen:
+                continue
+            if known.source in damaged:
+                if known.source not in report.kept_damaged:
+                    report.kept_damaged.append(known.source)
+                continue
+            report.removed.append(doc_id)
+
+    def _write(
+        self,
+        collection: Collection,
+        pending: list[_Pending],
+        progress: bool,
+        report: IngestReport,
+    ) -> None:
+        bar = tqdm(total=len(pending), unit="doc", disable=not progress, dynamic_ncols=True)
+        started = time.perf_counter()
+        # One writer thread: Qdrant writes overlap the next batch's embedding, in order.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-writer") as writer:
+            in_flight: list[Future[None]] = []
+            batch: list[_Pending] = []
+            size = 0
+            for item in pending:
+                item.chunks = self.chunker.split(item.doc)
+                batch.append(item)
+                size += len(item.chunks)
+                if size >= self.write_batch:
+                    in_flight.append(self._flush(collection, batch, writer))
+                    report.chunks_written += size
+                    self._tick(bar, len(batch), report.chunks_written, started)
+                    batch, size = [], 0
+                    # Keep at most two batches queued so memory stays flat.
+                    while len(in_flight) > 2:
+                        in_flight.pop(0).result()
+            if batch:
+                in_flight.append(self._flush(collection, batch, writer))
+                report.chunks_written += size
+                self._tick(bar, len(batch), report.chunks_written, started)
+            for fut in in_flight:
+                fut.result()
+        bar.close()
+
+    @staticmethod
+    def _tick(bar: tqdm[Any], docs: int, chunks: int, started: float) -> None:
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        bar.set_postfix(chunks=chunks, chunks_per_s=f"{chunks / elapsed:.1f}", refresh=False)
+        bar.update(docs)
+
+    def _flush(
+        self, collection: Collection, batch: list[_Pending], writer: ThreadPoolExecutor
+    ) -> Future[None]:
+        texts = [c.embed_text for p in batch for c in p.chunks]
+        dense = self.embedder.encode(texts)
+        points = []
+        row = 0
+        for item in batch:
+            for chunk in item.chunks:
+                points.append(
+                    models.PointStruct(
+                        id=point_id(item.doc.doc_id, chunk.index),
+                        vector={
+                            DENSE: dense[row].tolist(),
+                            SPARSE: self.sparse.encode_document(chunk.embed_text),
+                        },
+                        payload=self._payload(item, chunk),
+                    )
+                )
+                row += 1
+        stale = [i for p in batch for i in p.outdated()]
+
+        def write() -> None:
+            collection.upsert(points)
+            # Only after the new points are stored: a kill in between leaves extra points
+            # that the next run recognises by their old content hash.
+            collection.delete(stale)
+
+        return writer.submit(write)
+
+    def _payload(self, item: _Pending, chunk: Chunk) -> dict[str, Any]:
+        doc = item.doc
+        return {
+            "text": chunk.text,
+            "doc_id": doc.doc_id,
+            "source": doc.source,
+            "title": doc.title,
+            "chunk_index": chunk.index,
+            "chunk_count": len(item.chunks),
+            "headers": list(chunk.headers),
+            "content_hash": doc.content_hash(),
+            "file_type": doc.file_type,
+            **doc.file_meta,
+            "meta": doc.meta,
+            "embedder": self.embedder.name,
+            "chunker": self.chunker.info(),
+        }
