@@ -1,0 +1,193 @@
+"""Idempotence and incrementality against embedded Qdrant with the real embedder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from qdrant_client import QdrantClient
+
+from ingest.embedder import Embedder
+from ingest.pipeline import Ingester, IngestOptions
+from ingest.sparse import SparseEncoder
+from ingest.store import Collection, point_id
+from ragtune.errors import ConfigMismatch
+from tests.conftest import make_chunker
+from tests.fixtures.corpus import synthetic_records, write_jsonl, write_tree
+
+C = "docs"
+
+
+def _points(client: QdrantClient, name: str = C) -> dict[str, dict[str, object]]:
+    points, _ = client.scroll(name, limit=10_000, with_payload=True)
+    return {str(p.id): p.payload or {} for p in points}
+
+
+def test_first_run_writes_every_chunk_with_its_payload(ingester: Ingester, tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "c")
+    report = ingester.run([root], IngestOptions(collection=C))
+    assert len(report.added) == 5
+    points = _points(ingester.client)
+    assert len(points) == report.chunks_written
+    fruit = next(p for p in points.values() if p["file_name"] == "fruit.txt")
+    doc_id = (root / "fruit.txt").resolve().as_posix()
+    assert fruit["doc_id"] == doc_id
+    assert fruit["source"] == doc_id
+    assert fruit["chunk_index"] == 0
+    assert fruit["title"] == "fruit"
+    assert fruit["embedder"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert fruit["chunker"] == {"size": 254, "overlap": 32, "version": 1}
+    assert len(str(fruit["content_hash"])) == 64
+    assert str(fruit["text"]).startswith("Apples grow")
+    assert point_id(doc_id, 0) in points
+
+
+def test_rerun_over_unchanged_input_writes_nothing(ingester: Ingester, tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "c")
+    ingester.run([root], IngestOptions(collection=C))
+    before = _points(ingester.client)
+    report = ingester.run([root], IngestOptions(collection=C))
+    assert report.wrote_nothing
+    assert report.unchanged == 5
+    assert report.chunks_written == 0
+    assert _points(ingester.client) == before
+
+
+def test_changed_document_has_its_chunks_replaced(ingester: Ingester, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "c.jsonl", synthetic_records(6))
+    ingester.run([path], IngestOptions(collection=C))
+    records = synthetic_records(6)
+    records[2]["text"] = "a much shorter replacement text"
+    write_jsonl(path, records)
+    report = ingester.run([path], IngestOptions(collection=C))
+    assert report.replaced == ["d2"]
+    assert report.unchanged == 5
+    d2 = [p for p in _points(ingester.client).values() if p["doc_id"] == "d2"]
+    assert len(d2) == 1
+    assert d2[0]["text"] == "a much shorter replacement text"
+    assert report.points_deleted >= 1
+
+
+def test_deleted_files_are_pruned_only_with_prune(ingester: Ingester, tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "c")
+    other = write_tree(tmp_path / "other")
+    ingester.run([root], IngestOptions(collection=C))
+    ingester.run([other], IngestOptions(collection=C))
+    (root / "fruit.txt").unlink()
+    report = ingester.run([root], IngestOptions(collection=C))
+    assert report.removed == []
+    assert any(
+        p["file_name"] == "fruit.txt" and "/c/" in str(p["source"])
+        for p in _points(ingester.client).values()
+    )
+    report = ingester.run([root], IngestOptions(collection=C, prune=True))
+    assert report.removed == [(root / "fruit.txt").resolve().as_posix()]
+    sources = {str(p["source"]) for p in _points(ingester.client).values()}
+    assert (root / "fruit.txt").resolve().as_posix() not in sources
+    # Documents under another path are out of --prune's scope.
+    assert (other / "fruit.txt").resolve().as_posix() in sources
+
+
+def test_prune_keeps_documents_of_a_partly_unreadable_file(
+    ingester: Ingester, tmp_path: Path
+) -> None:
+    path = write_jsonl(tmp_path / "c.jsonl", synthetic_records(3))
+    ingester.run([path], IngestOptions(collection=C))
+    lines = path.read_text().splitlines()
+    lines[1] = "{broken"  # d1's line no longer parses
+    path.write_text("\n".join(lines) + "\n")
+    report = ingester.run([path], IngestOptions(collection=C, prune=True))
+    assert report.removed == []
+    assert report.kept_damaged == [path.resolve().as_posix()]
+    assert report.has_errors
+
+
+def test_dry_run_reports_and_writes_nothing(ingester: Ingester, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "c.jsonl", synthetic_records(5))
+    ingester.run([path], IngestOptions(collection=C))
+    before = _points(ingester.client)
+    records = synthetic_records(5)[1:]  # d0 is gone
+    records[0]["text"] = "changed"  # d1 changes
+    records.append({"_id": "new", "text": "brand new"})
+    write_jsonl(path, records)
+    report = ingester.run([path], IngestOptions(collection=C, prune=True, dry_run=True))
+    assert report.added == ["new"]
+    assert report.replaced == ["d1"]
+    assert report.removed == ["d0"]
+    assert report.chunks_written == 2
+    assert report.points_deleted > 0
+    assert _points(ingester.client) == before
+    # The real run does what the dry run said.
+    real = ingester.run([path], IngestOptions(collection=C, prune=True))
+    assert (real.added, real.replaced, real.removed) == (["new"], ["d1"], ["d0"])
+    assert (real.chunks_written, real.points_deleted) == (2, report.points_deleted)
+
+
+def test_dry_run_on_a_new_collection_creates_nothing(ingester: Ingester, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "c.jsonl", synthetic_records(2))
+    report = ingester.run([path], IngestOptions(collection=C, dry_run=True))
+    assert report.added == ["d0", "d1"]
+    assert not ingester.client.collection_exists(C)
+
+
+def test_other_chunker_settings_are_refused_naming_reindex(
+    qdrant: QdrantClient, embedder: Embedder, sparse: SparseEncoder, tmp_path: Path
+) -> None:
+    path = write_jsonl(tmp_path / "c.jsonl", synthetic_records(4))
+    Ingester(qdrant, embedder, sparse, make_chunker(embedder)).run(
+        [path], IngestOptions(collection=C)
+    )
+    smaller = Ingester(qdrant, embedder, sparse, make_chunker(embedder, size=64))
+    with pytest.raises(ConfigMismatch, match=r"chunker: .*'size': 254.*'size': 64.*--reindex"):
+        smaller.run([path], IngestOptions(collection=C))
+    report = smaller.run([path], IngestOptions(collection=C, reindex=True))
+    assert report.reindexed
+    assert Collection(qdrant, C).manifest()["chunker"]["size"] == 64  # type: ignore[index]
+    assert all(
+        p["chunker"] == {"size": 64, "overlap": 32, "version": 1} for p in _points(qdrant).values()
+    )
+
+
+def test_a_collection_not_made_by_ragtune_is_refused(ingester: Ingester, tmp_path: Path) -> None:
+    from qdrant_client import models
+
+    ingester.client.create_collection(
+        C, vectors_config=models.VectorParams(size=3, distance=models.Distance.DOT)
+    )
+    with pytest.raises(ConfigMismatch, match="not created by ragtune"):
+        ingester.run([write_tree(tmp_path / "c")], IngestOptions(collection=C))
+
+
+def test_duplicate_ids_across_files_keep_the_first(ingester: Ingester, tmp_path: Path) -> None:
+    a = write_jsonl(tmp_path / "a.jsonl", [{"_id": "same", "text": "from a"}])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"_id": "same", "text": "from b"}])
+    report = ingester.run([a, b], IngestOptions(collection=C))
+    assert report.load.duplicate_ids == [("same", b.resolve().as_posix(), a.resolve().as_posix())]
+    assert report.has_errors
+    assert [p["text"] for p in _points(ingester.client).values()] == ["from a"]
+
+
+def test_interrupted_replace_is_finished_by_the_next_run(
+    ingester: Ingester, tmp_path: Path
+) -> None:
+    """Points left by a run that died between writing new chunks and deleting old ones."""
+    path = write_jsonl(tmp_path / "c.jsonl", synthetic_records(3, words=600))
+    ingester.run([path], IngestOptions(collection=C))
+    clean = _points(ingester.client)
+    # Simulate the leftover: an extra stale chunk of d0 carrying an old content hash.
+    extra = point_id("d0", 99)
+    src = next(k for k, p in clean.items() if p["doc_id"] == "d0")
+    (rec,) = ingester.client.retrieve(C, [src], with_vectors=True, with_payload=True)
+    from qdrant_client import models
+
+    ingester.client.upsert(
+        C,
+        [
+            models.PointStruct(
+                id=extra, vector=rec.vector, payload={**(rec.payload or {}), "content_hash": "old"}
+            )
+        ],
+    )
+    report = ingester.run([path], IngestOptions(collection=C))
+    assert report.replaced == ["d0"]
+    assert _points(ingester.client) == clean
