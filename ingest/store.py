@@ -46,6 +46,9 @@ def open_qdrant(settings: Settings) -> QdrantClient:
             url=q.url,
             api_key=q.api_key.get_secret_value() if q.api_key else None,
             timeout=int(q.timeout_s),
+            # The client's version probe runs in a thread and can only warn; an unreachable
+            # server is reported instead by the first request, as UpstreamUnavailable.
+            check_compatibility=False,
         )
     location = settings.qdrant_location()
     if location == ":memory:":

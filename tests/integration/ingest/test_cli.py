@@ -163,3 +163,13 @@ def test_eval_retrieval_prints_json_metrics(
     metrics = json.loads(capsys.readouterr().out)
     assert set(metrics) == {"ndcg@10", "recall@10", "recall@100", "mrr@10"}
     assert metrics["mrr@10"] == 1.0
+
+
+def test_unreachable_qdrant_server_is_named(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RAGTUNE_QDRANT__URL", "http://127.0.0.1:9")
+    assert main(["search", "anything"]) == 1
+    err = capsys.readouterr().err
+    assert "Qdrant at http://127.0.0.1:9 did not answer" in err
+    assert "Traceback" not in err
