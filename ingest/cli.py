@@ -77,6 +77,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     r.add_argument("--collection")
     r.add_argument("--mode", choices=MODES, default="hybrid")
     r.add_argument("--split", default="test")
+    r.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only chunks matching (chunk_index=0: one chunk per document, the protocol "
+        "of published figures)",
+    )
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.set_defaults(handler=run_eval_retrieval)
 
@@ -202,6 +210,7 @@ def run_search(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_eval_retrieval(args: argparse.Namespace, settings: Settings) -> int:
     split = load_beir(args.beir, args.split)
+    filters = parse_filters(args.filter)
     collection = args.collection or settings.ingest.default_collection
     with qdrant_errors(settings), open_components(settings) as parts:
         retriever = Retriever(parts.client, parts.embedder, parts.sparse, collection)
@@ -211,7 +220,9 @@ def run_eval_retrieval(args: argparse.Namespace, settings: Settings) -> int:
 
         def rank(text: str) -> list[str]:
             bar.update(1)
-            hits = retriever.search(text, mode=args.mode, top_k=100, per_document=True)
+            hits = retriever.search(
+                text, mode=args.mode, top_k=100, filters=filters, per_document=True
+            )
             return [h.doc_id for h in hits]
 
         metrics = evaluate(split, rank)

@@ -18,6 +18,8 @@ MODES: tuple[Mode, ...] = ("dense", "sparse", "hybrid")
 FilterValue = str | int | bool
 # Hybrid fuses this many candidates per side for every result asked for.
 _CANDIDATES_PER_RESULT = 3
+# Chunks fetched per document wanted when results are grouped by document.
+_CHUNKS_PER_DOCUMENT = 3
 
 
 @dataclass(frozen=True)
@@ -112,21 +114,42 @@ class Retriever:
             args.update(query=self._dense(query), using=DENSE)
         else:
             args.update(query=self.sparse.encode_query(query), using=SPARSE)
-        name = self.collection.name
-        if per_document:
-            groups = self.client.query_points_groups(
-                name, group_by="doc_id", group_size=1, **args
-            ).groups
-            points = [g.hits[0] for g in groups if g.hits]
-        else:
-            points = self.client.query_points(name, **args).points
-        return [Hit(id=str(p.id), score=float(p.score), payload=p.payload or {}) for p in points]
+        if not per_document:
+            points = self.client.query_points(self.collection.name, **args).points
+            return [_hit(p) for p in points]
+        return self._best_per_document(args, top_k)
+
+    def _best_per_document(self, args: dict[str, Any], top_k: int) -> list[Hit]:
+        """The best chunk of each of the `top_k` best documents.
+
+        Fetches ranked chunks and keeps each document's first, fetching deeper until enough
+        documents are found, as Qdrant's server-side grouping does; done here because the
+        embedded mode's grouping copies every payload in the collection.
+        """
+        depth = top_k * _CHUNKS_PER_DOCUMENT
+        while True:
+            args["limit"] = depth
+            if "prefetch" in args:
+                for prefetch in args["prefetch"]:
+                    prefetch.limit = depth
+            points = self.client.query_points(self.collection.name, **args).points
+            best: dict[str, Hit] = {}
+            for point in points:
+                hit = _hit(point)
+                best.setdefault(hit.doc_id, hit)
+            if len(best) >= top_k or len(points) < depth:
+                return list(best.values())[:top_k]
+            depth *= 2
 
     def _dense(self, query: str) -> list[float]:
         return [float(x) for x in self.embedder.encode([query])[0]]
 
 
 Filters = Mapping[str, FilterValue | Sequence[FilterValue]]
+
+
+def _hit(point: models.ScoredPoint) -> Hit:
+    return Hit(id=str(point.id), score=float(point.score), payload=point.payload or {})
 
 
 def build_filter(filters: Filters) -> models.Filter | None:
