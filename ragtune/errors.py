@@ -25,3 +25,7 @@ class MissingDependency(RagtuneError):
 
 class UpstreamUnavailable(RagtuneError):
     """A server ragtune depends on (Qdrant, vLLM) did not answer."""
+
+
+class AdapterError(InvalidInput):
+    """A LoRA adapter is unusable with this base model or backend (rank, modules, files)."""

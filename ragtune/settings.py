@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -55,6 +55,42 @@ class SparseSettings(_Section):
     language: str = "english"
 
 
+# vLLM accepts only these values for --max-lora-rank.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+class LLMSettings(_Section):
+    """The base model and the engine that serves it with LoRA adapters."""
+
+    # "auto": vLLM when `vllm_url` is set, else the embedded engine.
+    backend: Literal["auto", "embedded", "vllm"] = "auto"
+    # A local Hugging Face folder or a hub id; None means the default model prepared by
+    # `ragtune model prepare` under `<data_dir>/models/`.
+    model: str | None = None
+    # The name vLLM serves the base model under (`--served-model-name`).
+    served_model_name: str = "base"
+    vllm_url: str | None = None
+    api_key: SecretStr | None = None
+    timeout_s: float = Field(default=300.0, gt=0)
+    connect_retries: int = Field(default=3, ge=0, le=10)
+    # The same limits as vLLM's --max-loras and --max-lora-rank, for both engines.
+    max_loras: int = Field(default=4, ge=1, le=64)
+    max_lora_rank: int = 16
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = "cpu"
+    allow_download: bool = False
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _rank(cls, value: int) -> int:
+        if value not in VLLM_LORA_RANKS:
+            raise ValueError(f"must be one of {', '.join(map(str, VLLM_LORA_RANKS))} (as in vLLM)")
+        return value
+
+    def use_vllm(self) -> bool:
+        return self.backend == "vllm" or (self.backend == "auto" and self.vllm_url is not None)
+
+
 class IngestSettings(_Section):
     default_collection: str = "docs"
     # Documents are written in groups of this many chunks (embedding batches are separate).
@@ -77,6 +113,7 @@ class Settings(BaseSettings):
     chunking: ChunkingSettings = ChunkingSettings()
     sparse: SparseSettings = SparseSettings()
     ingest: IngestSettings = IngestSettings()
+    llm: LLMSettings = LLMSettings()
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -85,9 +122,20 @@ class Settings(BaseSettings):
                 f"chunking.overlap ({self.chunking.overlap}) must be smaller than "
                 f"chunking.size ({self.chunking.size})"
             )
-        if self.environment == "production" and self.qdrant.api_key is not None:
-            _refuse_placeholder("qdrant.api_key", self.qdrant.api_key)
+        if self.environment == "production":
+            for name, secret in (
+                ("qdrant.api_key", self.qdrant.api_key),
+                ("llm.api_key", self.llm.api_key),
+            ):
+                if secret is not None:
+                    _refuse_placeholder(name, secret)
+        if self.llm.backend == "vllm" and not self.llm.vllm_url:
+            raise ValueError("llm.backend is 'vllm' but llm.vllm_url is not set")
         return self
+
+    def models_dir(self) -> Path:
+        """Where prepared base models live."""
+        return self.data_dir / "models"
 
     def qdrant_location(self) -> str:
         """The embedded Qdrant location: the configured path, or `<data_dir>/qdrant`."""

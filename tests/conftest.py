@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,29 @@ from ingest.sparse import SparseEncoder
 from ragtune.settings import ChunkingSettings, EmbeddingSettings, Settings, SparseSettings
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    """The tiny test model and its LoRA adapters (see tests/fixtures/tiny_model.py)."""
+
+    path: Path
+    adapters: dict[str, Path]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """Built once per session: base, two rank-8 adapters, one rank-32 (above the limit)."""
+    from tests.fixtures.tiny_model import build_lora, build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    base = build_tiny_model(root / "base")
+    adapters = {
+        "alpha": build_lora(base, root / "alpha", rank=8, seed=1),
+        "beta": build_lora(base, root / "beta", rank=8, seed=2),
+        "too-big": build_lora(base, root / "too-big", rank=32, seed=3),
+    }
+    return TinyModel(path=base, adapters=adapters)
 
 
 @pytest.fixture(scope="session")

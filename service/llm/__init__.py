@@ -1,0 +1,1 @@
+"""Generation: one backend interface over vLLM (HTTP) and an embedded transformers+PEFT engine."""
