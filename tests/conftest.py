@@ -15,7 +15,7 @@ from ingest.embedder import Embedder
 from ingest.pipeline import Ingester
 from ingest.sparse import SparseEncoder
 from ragtune.settings import ChunkingSettings, EmbeddingSettings, Settings, SparseSettings
-from tests.fixtures.vllm_server import VLLMServer, missing_venv_message, serve_vllm, vllm_venv
+from service.llm.vllm_server import VLLMServer, missing_venv_message, serve_vllm, vllm_venv
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

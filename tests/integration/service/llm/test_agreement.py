@@ -14,8 +14,8 @@ from service.llm.backend import Backend
 from service.llm.embedded import EmbeddedBackend
 from service.llm.types import ChatMessage, GenerationRequest, SamplingParams
 from service.llm.vllm import VLLMBackend
+from service.llm.vllm_server import VLLMServer
 from tests.conftest import TinyModel
-from tests.fixtures.vllm_server import VLLMServer
 
 pytestmark = pytest.mark.vllm
 

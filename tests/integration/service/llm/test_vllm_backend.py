@@ -18,8 +18,8 @@ from ragtune.errors import AdapterError, NotFound
 from ragtune.settings import LLMSettings
 from service.llm.types import ChatMessage, GenerationRequest, SamplingParams, StreamDelta
 from service.llm.vllm import VLLMBackend
+from service.llm.vllm_server import VLLMServer
 from tests.conftest import TinyModel
-from tests.fixtures.vllm_server import VLLMServer
 
 pytestmark = pytest.mark.vllm
 
