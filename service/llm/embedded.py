@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import warnings
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -61,7 +62,9 @@ class EmbeddedBackend:
         """Load the base model and tokenizer from a local folder (or the hub if allowed)."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
         # On CPU, fp32 is the fast path unless the processor has bf16 matrix units.
         dtype = dtypes.get(settings.dtype, torch.float32 if settings.device == "cpu" else "auto")
@@ -218,11 +221,14 @@ class EmbeddedBackend:
                 f"{self._settings.max_loras}; unload one first"
             )
         try:
-            if self._peft is None:
-                self._peft = PeftModel.from_pretrained(self._base, str(path), adapter_name=name)
-                self._peft.eval()
-            else:
-                self._peft.load_adapter(str(path), adapter_name=name)
+            with warnings.catch_warnings():
+                # PEFT calls a transformers API that transformers 5 renamed; harmless to v6.
+                warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+                if self._peft is None:
+                    self._peft = PeftModel.from_pretrained(self._base, str(path), adapter_name=name)
+                    self._peft.eval()
+                else:
+                    self._peft.load_adapter(str(path), adapter_name=name)
         except (ValueError, RuntimeError, KeyError, OSError) as exc:
             raise AdapterError(
                 f"adapter {name!r} from {path} does not fit this model: {exc}"
