@@ -16,6 +16,7 @@ from service.llm.types import ChatMessage, GenerationRequest, SamplingParams
 from service.llm.vllm import VLLMBackend
 from service.llm.vllm_server import VLLMServer
 from tests.conftest import TinyModel
+from tests.fixtures.tiny_model import YES_NO_SCHEMA as SCHEMA
 
 pytestmark = pytest.mark.vllm
 
@@ -24,15 +25,6 @@ PROMPTS = [
     [("system", "You answer in JSON."), ("user", "def add(a, b):")],
     [("user", "The quick brown fox"), ("assistant", "jumps"), ("user", "over the lazy dog?")],
 ]
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "answer": {"type": "string", "enum": ["yes", "no"]},
-        "sure": {"type": "boolean"},
-    },
-    "required": ["answer", "sure"],
-    "additionalProperties": False,
-}
 
 
 def _request(

@@ -16,16 +16,7 @@ from ragtune.settings import LLMSettings
 from service.llm.embedded import EmbeddedBackend
 from service.llm.types import ChatMessage, Completion, GenerationRequest, SamplingParams
 from tests.conftest import TinyModel
-
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "answer": {"type": "string", "enum": ["yes", "no"]},
-        "sure": {"type": "boolean"},
-    },
-    "required": ["answer", "sure"],
-    "additionalProperties": False,
-}
+from tests.fixtures.tiny_model import YES_NO_SCHEMA as SCHEMA
 
 
 def request(
