@@ -43,10 +43,11 @@ def _ingest(env: dict[str, str], path: Path, kill_after: float | None = None) ->
         assert proc.returncode == 0, err.decode()
     else:
         try:
-            proc.wait(timeout=kill_after)
+            proc.communicate(timeout=kill_after)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            # Reaps the process and closes its pipes.
+            proc.communicate()
     return time.perf_counter() - started
 
 
