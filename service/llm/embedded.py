@@ -243,7 +243,10 @@ class EmbeddedBackend:
             raise NotFound(f"adapter {name!r} is not loaded, so it cannot be unloaded")
         del self._adapters[name]
         if self._adapters:
-            self._peft.delete_adapter(name)
+            with warnings.catch_warnings():
+                # PEFT warns when the active adapter goes; every request sets its own anyway.
+                warnings.filterwarnings("ignore", "Adapter .* was active", UserWarning)
+                self._peft.delete_adapter(name)
             return
         # PEFT cannot run with zero adapters: take the LoRA layers out, weights untouched.
         self._base = self._peft.unload()

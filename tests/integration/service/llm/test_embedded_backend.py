@@ -208,3 +208,18 @@ def test_sampling_with_a_seed_is_reproducible(backend: EmbeddedBackend) -> None:
     a = run(backend.generate(request(temperature=1.0, seed=7, max_tokens=16)))
     b = run(backend.generate(request(temperature=1.0, seed=7, max_tokens=16)))
     assert a.token_ids == b.token_ids
+
+
+def test_unloading_the_active_adapter_keeps_the_others_working(
+    backend: EmbeddedBackend, tiny_model: TinyModel
+) -> None:
+    async def scenario() -> None:
+        await backend.load_adapter("alpha", tiny_model.adapters["alpha"])
+        await backend.load_adapter("beta", tiny_model.adapters["beta"])
+        alpha = (await backend.generate(request("alpha"))).token_ids
+        await backend.generate(request("beta"))  # beta is now PEFT's active adapter
+        await backend.unload_adapter("beta")
+        assert (await backend.generate(request("alpha"))).token_ids == alpha
+        assert await backend.list_adapters() == ["alpha"]
+
+    run(scenario())
