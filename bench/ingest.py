@@ -19,6 +19,7 @@ from typing import Any
 
 from qdrant_client import QdrantClient
 
+from ingest.chunking import Chunker
 from ingest.documents import LoadReport
 from ingest.embedder import Embedder
 from ingest.loaders import discover, load
@@ -65,13 +66,10 @@ def main() -> None:
     settings = Settings()
     embedder = Embedder.load(settings.embedding)
     sparse = SparseEncoder(settings.sparse)
-    limit = embedder.max_tokens - embedder.special_tokens
-    from ingest.chunking import Chunker
-
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         corpus = _limited_corpus(args.corpus, args.limit, workdir)
-        chunker = Chunker(embedder.tokenizer, limit, settings.chunking)
+        chunker = Chunker(embedder.tokenizer, embedder.token_limit, settings.chunking)
         report = LoadReport()
         docs = list(load(discover([corpus]), report))
         texts = [c.embed_text for d in docs for c in chunker.split(d)]

@@ -22,8 +22,7 @@ class Components:
     sparse: SparseEncoder
 
     def chunker(self, settings: Settings) -> Chunker:
-        limit = self.embedder.max_tokens - self.embedder.special_tokens
-        return Chunker(self.embedder.tokenizer, limit, settings.chunking)
+        return Chunker(self.embedder.tokenizer, self.embedder.token_limit, settings.chunking)
 
 
 @contextmanager

@@ -69,9 +69,10 @@ class Embedder:
         )
         return np.asarray(vectors, dtype=np.float32)
 
-    def count_tokens(self, text: str) -> int:
-        """Tokens the model reads for `text`, without its special tokens."""
-        return len(self.tokenizer.tokenize(text))
+    @property
+    def token_limit(self) -> int:
+        """Tokens of text the model reads, once its special tokens are added."""
+        return self.max_tokens - self.special_tokens
 
     def info(self) -> dict[str, Any]:
         return {"model": self.name, "dim": self.dim, "max_tokens": self.max_tokens}

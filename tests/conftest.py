@@ -59,8 +59,9 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def make_chunker(embedder: Embedder, size: int | None = None, overlap: int = 32) -> Chunker:
-    limit = embedder.max_tokens - embedder.special_tokens
-    return Chunker(embedder.tokenizer, limit, ChunkingSettings(size=size, overlap=overlap))
+    return Chunker(
+        embedder.tokenizer, embedder.token_limit, ChunkingSettings(size=size, overlap=overlap)
+    )
 
 
 @pytest.fixture
