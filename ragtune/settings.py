@@ -70,6 +70,9 @@ class LLMSettings(_Section):
     # The name vLLM serves the base model under (`--served-model-name`).
     served_model_name: str = "base"
     vllm_url: str | None = None
+    # More vLLM replicas serving the same model: requests are spread over `vllm_url` and
+    # these, and adapters are loaded on all of them.
+    vllm_replicas: list[str] = Field(default_factory=list)
     api_key: SecretStr | None = None
     timeout_s: float = Field(default=300.0, gt=0)
     connect_retries: int = Field(default=3, ge=0, le=10)
@@ -87,8 +90,49 @@ class LLMSettings(_Section):
             raise ValueError(f"must be one of {', '.join(map(str, VLLM_LORA_RANKS))} (as in vLLM)")
         return value
 
+    def vllm_urls(self) -> list[str]:
+        """Every vLLM server this process talks to, `vllm_url` first."""
+        urls = [self.vllm_url] if self.vllm_url else []
+        return urls + [u for u in self.vllm_replicas if u not in urls]
+
     def use_vllm(self) -> bool:
-        return self.backend == "vllm" or (self.backend == "auto" and self.vllm_url is not None)
+        return self.backend == "vllm" or (self.backend == "auto" and bool(self.vllm_urls()))
+
+
+class ApiSettings(_Section):
+    """The HTTP service: where it listens, its routes file and its limits."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65_535)
+    # None means the routes file shipped with ragtune (service/routes/default.yaml).
+    routes_file: Path | None = None
+    max_body_bytes: int = Field(default=1_000_000, ge=1_024)
+    max_messages: int = Field(default=64, ge=1)
+    # The most tokens a caller may ask one answer to generate.
+    max_tokens: int = Field(default=1_024, ge=1, le=32_768)
+    # Retrieval plus generation; past it the caller gets 503 with Retry-After.
+    request_timeout_s: float = Field(default=120.0, gt=0)
+    retry_after_s: int = Field(default=5, ge=1)
+
+
+class AdminSettings(_Section):
+    """The admin API (adapter registry and hot-swap); off unless a token is set."""
+
+    token: SecretStr | None = None
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1_024)
+
+
+class AdapterSettings(_Section):
+    """The adapter registry on disk, shared by every API process that mounts it."""
+
+    # None means `<data_dir>/adapters`.
+    root: Path | None = None
+    max_adapter_bytes: int = Field(default=512 * 1024 * 1024, ge=1_024)
+    # How often a process re-reads the registry (to follow another process's alias flips)
+    # and reconciles its backends with it.
+    sync_interval_s: float = Field(default=2.0, gt=0)
+    # How long a swap waits for requests still running on the old version before unloading.
+    drain_timeout_s: float = Field(default=120.0, gt=0)
 
 
 class IngestSettings(_Section):
@@ -114,6 +158,9 @@ class Settings(BaseSettings):
     sparse: SparseSettings = SparseSettings()
     ingest: IngestSettings = IngestSettings()
     llm: LLMSettings = LLMSettings()
+    api: ApiSettings = ApiSettings()
+    admin: AdminSettings = AdminSettings()
+    adapters: AdapterSettings = AdapterSettings()
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -126,16 +173,21 @@ class Settings(BaseSettings):
             for name, secret in (
                 ("qdrant.api_key", self.qdrant.api_key),
                 ("llm.api_key", self.llm.api_key),
+                ("admin.token", self.admin.token),
             ):
                 if secret is not None:
                     _refuse_placeholder(name, secret)
-        if self.llm.backend == "vllm" and not self.llm.vllm_url:
+        if self.llm.backend == "vllm" and not self.llm.vllm_urls():
             raise ValueError("llm.backend is 'vllm' but llm.vllm_url is not set")
         return self
 
     def models_dir(self) -> Path:
         """Where prepared base models live."""
         return self.data_dir / "models"
+
+    def adapters_root(self) -> Path:
+        """Where the adapter registry keeps its records and adapter files."""
+        return self.adapters.root or self.data_dir / "adapters"
 
     def qdrant_location(self) -> str:
         """The embedded Qdrant location: the configured path, or `<data_dir>/qdrant`."""
