@@ -78,9 +78,11 @@ class Retriever:
         filters: Filters | None = None,
         score_threshold: float | None = None,
         per_document: bool = False,
+        dense_vector: Sequence[float] | None = None,
     ) -> list[Hit]:
         """The best `top_k` chunks for `query`; with `per_document`, the best chunk of each
-        of the best `top_k` documents."""
+        of the best `top_k` documents. `dense_vector` is the query's embedding when the
+        caller has computed it already (`embed_query`)."""
         if not query.strip():
             raise InvalidInput("the query is empty")
         if mode not in MODES:
@@ -90,6 +92,9 @@ class Retriever:
         if mode != "dense" and self._sparse_mismatch:
             raise ConfigMismatch(self._sparse_mismatch + "; use --mode dense or rebuild it")
         query_filter = build_filter(filters or {})
+        dense: list[float] = []
+        if mode != "sparse":
+            dense = list(dense_vector) if dense_vector is not None else self.embed_query(query)
         args: dict[str, Any] = {
             "query_filter": query_filter,
             "limit": top_k,
@@ -100,7 +105,10 @@ class Retriever:
             depth = top_k * _CANDIDATES_PER_RESULT
             args["prefetch"] = [
                 models.Prefetch(
-                    query=self._dense(query), using=DENSE, limit=depth, filter=query_filter
+                    query=dense,
+                    using=DENSE,
+                    limit=depth,
+                    filter=query_filter,
                 ),
                 models.Prefetch(
                     query=self.sparse.encode_query(query),
@@ -111,7 +119,7 @@ class Retriever:
             ]
             args["query"] = models.FusionQuery(fusion=models.Fusion.RRF)
         elif mode == "dense":
-            args.update(query=self._dense(query), using=DENSE)
+            args.update(query=dense, using=DENSE)
         else:
             args.update(query=self.sparse.encode_query(query), using=SPARSE)
         if not per_document:
@@ -141,7 +149,8 @@ class Retriever:
                 return list(best.values())[:top_k]
             depth *= 2
 
-    def _dense(self, query: str) -> list[float]:
+    def embed_query(self, query: str) -> list[float]:
+        """The query's dense vector."""
         return [float(x) for x in self.embedder.encode([query])[0]]
 
 
