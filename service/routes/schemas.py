@@ -1,0 +1,189 @@
+"""A route as data: retrieval, adapter, prompts, generation, output, and what callers may change."""
+
+from __future__ import annotations
+
+import string
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ingest.search import Mode
+
+RouteKind = Literal["chat", "summarize"]
+GenerationField = Literal["max_tokens", "temperature", "top_p", "stop", "seed"]
+GENERATION_FIELDS: tuple[GenerationField, ...] = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+)
+# "base" in an adapter allow-list means the caller may ask for the base model.
+BASE_MODEL = "base"
+# The variables each template may use, per route kind.
+TEMPLATE_VARIABLES: dict[RouteKind, dict[str, frozenset[str]]] = {
+    "chat": {
+        "system": frozenset({"context", "route"}),
+        "user": frozenset({"context", "question", "route"}),
+    },
+    "summarize": {
+        "system": frozenset({"route"}),
+        "user": frozenset({"text", "route"}),
+        "reduce": frozenset({"text", "route"}),
+    },
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RetrievalSpec(_Strict):
+    """Where a route's context comes from."""
+
+    collection: str
+    mode: Mode = "hybrid"
+    top_k: int = Field(default=5, ge=1, le=100)
+    score_threshold: float | None = None
+    filters: dict[str, str | int | bool | list[str | int | bool]] = Field(default_factory=dict)
+    # The most tokens (the base model's) the numbered sources may take in the prompt.
+    context_tokens: int = Field(default=1_500, ge=32)
+    # At most one chunk per document among the sources.
+    per_document: bool = False
+
+
+class PromptSpec(_Strict):
+    """Templates in str.format syntax (`{question}`); write literal braces as `{{` and `}}`."""
+
+    system: str = ""
+    user: str
+    # Summarize routes only: the prompt that combines partial summaries (`{text}`).
+    reduce: str | None = None
+
+
+class GenerationSpec(_Strict):
+    max_tokens: int = Field(default=256, ge=1, le=32_768)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: list[str] = Field(default_factory=list, max_length=8)
+    seed: int | None = None
+
+
+class OutputSpec(_Strict):
+    """Free text, or JSON that must satisfy `schema` (constrained decoding)."""
+
+    type: Literal["text", "json"] = "text"
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+
+    @model_validator(mode="after")
+    def _schema(self) -> OutputSpec:
+        if self.type == "json" and not self.json_schema:
+            raise ValueError("output type 'json' needs a 'schema' (a JSON schema object)")
+        if self.type == "text" and self.json_schema is not None:
+            raise ValueError("a 'schema' is only used with output type 'json'")
+        return self
+
+
+class OverrideSpec(_Strict):
+    """What a caller may change per request; anything else is refused with 422."""
+
+    # Adapter aliases the caller may pick instead of the route's ("base" = the base model).
+    adapters: list[str] = Field(default_factory=list)
+    filters: bool = False
+    mode: bool = False
+    # The caller may set top_k up to this; None means top_k is fixed.
+    max_top_k: int | None = Field(default=None, ge=1, le=100)
+    generation: list[GenerationField] = Field(default_factory=lambda: list(GENERATION_FIELDS))
+
+
+class SummarizeSpec(_Strict):
+    """Map-reduce: inputs longer than `piece_tokens` are summarized in pieces, then combined."""
+
+    piece_tokens: int = Field(default=1_500, ge=64)
+    piece_summary_tokens: int = Field(default=200, ge=16)
+    max_input_tokens: int = Field(default=200_000, ge=64)
+    concurrency: int = Field(default=4, ge=1, le=64)
+
+
+class RouteSpec(_Strict):
+    """One route: a kind and everything it is made of."""
+
+    kind: RouteKind
+    description: str = ""
+    retrieval: RetrievalSpec | None = None
+    # An alias in the adapter registry; None serves the base model.
+    adapter: str | None = None
+    prompt: PromptSpec
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    overrides: OverrideSpec = Field(default_factory=OverrideSpec)
+    summarize: SummarizeSpec | None = None
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter(cls, value: str | None) -> str | None:
+        if value == BASE_MODEL:
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> RouteSpec:
+        allowed = TEMPLATE_VARIABLES[self.kind]
+        for field in ("system", "user", "reduce"):
+            template = getattr(self.prompt, field)
+            if template is None:
+                continue
+            if field not in allowed:
+                raise ValueError(f"prompt.{field} is not used by {self.kind} routes")
+            _check_template(f"prompt.{field}", template, allowed[field])
+        if self.kind == "chat" and self.summarize is not None:
+            raise ValueError("'summarize' settings are for summarize routes only")
+        if self.kind == "summarize":
+            if self.summarize is None:
+                self.summarize = SummarizeSpec()
+            if self.prompt.reduce is None:
+                self.prompt.reduce = self.prompt.user
+        if (
+            self.kind == "chat"
+            and self.retrieval is not None
+            and "{context}" not in (self.prompt.system + self.prompt.user)
+        ):
+            raise ValueError(
+                "the route retrieves, but neither prompt.system nor prompt.user uses {context}"
+            )
+        if self.overrides.max_top_k is not None and self.retrieval is None:
+            raise ValueError("overrides.max_top_k needs retrieval")
+        return self
+
+    def allows_adapter(self, name: str | None) -> bool:
+        """Whether a caller may serve this route with adapter `name` (None = base model)."""
+        if name == self.adapter:
+            return True
+        return (name or BASE_MODEL) in self.overrides.adapters
+
+
+def _check_template(where: str, template: str, allowed: frozenset[str]) -> None:
+    try:
+        fields = [f for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise ValueError(
+            f"{where} is not a valid template ({exc}); write literal braces as {{{{ }}}}"
+        ) from exc
+    for name in fields:
+        if name not in allowed:
+            raise ValueError(
+                f"{where} uses {{{name}}}, which is not one of "
+                f"{', '.join('{' + a + '}' for a in sorted(allowed))}"
+            )
+
+
+class RoutesFile(_Strict):
+    routes: dict[str, RouteSpec] = Field(min_length=1)
+
+    @field_validator("routes")
+    @classmethod
+    def _names(cls, routes: dict[str, RouteSpec]) -> dict[str, RouteSpec]:
+        for name in routes:
+            if not name or not all(c.isalnum() or c in "-_." for c in name):
+                raise ValueError(f"route name {name!r} may use letters, digits, '-', '_' and '.'")
+        return routes
