@@ -1,0 +1,106 @@
+"""Counting and cutting text in the base model's tokens, for prompt budgets."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ragtune.errors import RagtuneError
+from ragtune.settings import Settings
+
+log = logging.getLogger(__name__)
+# Without the model's tokenizer, budgets assume this many characters per token (a
+# conservative figure for English with BPE vocabularies).
+_CHARS_PER_TOKEN = 3.0
+
+
+class TokenCounter:
+    """The base model's tokenizer when it is on disk; a character estimate otherwise."""
+
+    def __init__(self, tokenizer: Any | None) -> None:
+        self._tokenizer = tokenizer
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> TokenCounter:
+        """Load the tokenizer of the served base model from its local folder, if there is one."""
+        from service.llm.model import resolve_base_model
+
+        try:
+            path = resolve_base_model(settings)
+            from transformers import AutoTokenizer
+
+            return cls(AutoTokenizer.from_pretrained(path, local_files_only=True))
+        except (RagtuneError, OSError, ValueError) as exc:
+            log.warning(
+                "the base model's tokenizer is not on disk (%s); prompt budgets are estimated "
+                "at %.0f characters per token",
+                exc,
+                _CHARS_PER_TOKEN,
+            )
+            return cls(None)
+
+    @property
+    def exact(self) -> bool:
+        return self._tokenizer is not None
+
+    def count(self, text: str) -> int:
+        if self._tokenizer is None:
+            return int(len(text) / _CHARS_PER_TOKEN) + 1
+        return len(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        """The longest prefix of `text` within `max_tokens`."""
+        if max_tokens <= 0:
+            return ""
+        if self._tokenizer is None:
+            return text[: int(max_tokens * _CHARS_PER_TOKEN)]
+        ids = self._tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) <= max_tokens:
+            return text
+        return str(self._tokenizer.decode(ids[:max_tokens]))
+
+    def split(self, text: str, max_tokens: int) -> list[str]:
+        """`text` cut into consecutive pieces of at most `max_tokens`, at paragraph or line
+        breaks where possible."""
+        pieces: list[str] = []
+        current: list[str] = []
+        size = 0
+        for block in _blocks(text):
+            tokens = self.count(block)
+            if tokens > max_tokens:
+                if current:
+                    pieces.append("".join(current))
+                    current, size = [], 0
+                pieces.extend(self._hard_split(block, max_tokens))
+                continue
+            if size + tokens > max_tokens and current:
+                pieces.append("".join(current))
+                current, size = [], 0
+            current.append(block)
+            size += tokens
+        if current:
+            pieces.append("".join(current))
+        return [p for p in pieces if p.strip()]
+
+    def _hard_split(self, text: str, max_tokens: int) -> list[str]:
+        if self._tokenizer is None:
+            step = int(max_tokens * _CHARS_PER_TOKEN)
+            return [text[i : i + step] for i in range(0, len(text), step)]
+        ids = self._tokenizer.encode(text, add_special_tokens=False)
+        return [
+            str(self._tokenizer.decode(ids[i : i + max_tokens]))
+            for i in range(0, len(ids), max_tokens)
+        ]
+
+
+def _blocks(text: str) -> list[str]:
+    """Paragraphs (keeping their separators), so pieces join back into the original text."""
+    blocks: list[str] = []
+    start = 0
+    while True:
+        end = text.find("\n\n", start)
+        if end < 0:
+            blocks.append(text[start:])
+            return [b for b in blocks if b]
+        blocks.append(text[start : end + 2])
+        start = end + 2
