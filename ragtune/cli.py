@@ -15,6 +15,7 @@ from ragtune.settings import Settings
 def build_parser() -> argparse.ArgumentParser:
     from adapters.cli import add_commands as add_adapter_commands
     from ingest.cli import add_commands as add_ingest_commands
+    from service.cli import add_commands as add_serve_commands
     from service.llm.cli import add_commands as add_model_commands
     from service.llm.generate_cli import add_commands as add_generate_commands
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_adapter_commands(sub)
     add_model_commands(sub)
     add_generate_commands(sub)
+    add_serve_commands(sub)
     return parser
 
 

@@ -1,0 +1,136 @@
+"""The admin API (mounted under /admin only when admin.token is set): the adapter registry,
+loading and unloading, alias flips and rollbacks, backend status and the audit log."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+
+from adapters.registry import AliasRecord
+from service.admin.schemas import (
+    AliasRequest,
+    AuditEntries,
+    RegisterRequest,
+    RegisterResponse,
+    RegistryListing,
+    Status,
+)
+from service.admin.service import AdminService
+from service.deps import StateDep
+from service.limits import TooLarge
+
+
+def _admin(state: StateDep) -> AdminService:
+    return AdminService(state.registry, state.adapters, state.audit)
+
+
+def require_token(
+    state: StateDep, request: Request, authorization: Annotated[str | None, Header()] = None
+) -> str:
+    """The caller's audit name if it sent the admin bearer token: 401 without one, 403 wrong."""
+    token = state.settings.admin.token
+    if token is None:  # the router is not mounted without a token; belt and braces
+        raise HTTPException(403, "the admin API is off: set RAGTUNE_ADMIN__TOKEN")
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise HTTPException(
+            401,
+            "admin endpoints need 'Authorization: Bearer <admin token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+        raise HTTPException(403, "the admin token is wrong")
+    client = request.client.host if request.client else "unknown"
+    return f"admin@{client}"
+
+
+Actor = Annotated[str, Depends(require_token)]
+Admin = Annotated[AdminService, Depends(_admin)]
+router = APIRouter(tags=["admin"], dependencies=[Depends(require_token)])
+
+
+@router.get("/adapters", response_model=RegistryListing)
+async def list_adapters(admin: Admin) -> RegistryListing:
+    return await admin.listing()
+
+
+@router.post("/adapters", response_model=RegisterResponse, status_code=201)
+async def register(body: RegisterRequest, admin: Admin, actor: Actor) -> RegisterResponse:
+    """Register a folder under the adapter root; with `alias`, load it and point the alias."""
+    record = await admin.register_path(actor, body.path, body.name, body.description)
+    alias = await admin.set_alias(actor, body.alias, record.ref) if body.alias else None
+    return RegisterResponse(adapter=record, alias=alias)
+
+
+@router.post("/adapters/upload", response_model=RegisterResponse, status_code=201)
+async def upload(
+    request: Request,
+    state: StateDep,
+    admin: Admin,
+    actor: Actor,
+    name: Annotated[str, Query()],
+    description: Annotated[str, Query()] = "",
+    alias: Annotated[str | None, Query()] = None,
+) -> RegisterResponse:
+    """Register an adapter sent as the body: a zip or tar(.gz) of the PEFT folder."""
+    limit = state.settings.admin.max_upload_bytes
+    scratch = state.registry.root / ".uploads"
+    await asyncio.to_thread(scratch.mkdir, parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=scratch, suffix=".upload") as spool:
+        received = 0
+        async for piece in request.stream():
+            received += len(piece)
+            if received > limit:
+                raise TooLarge(limit)
+            spool.write(piece)
+        spool.flush()
+        if not received:
+            raise HTTPException(400, "the body is empty; send the adapter as a zip or tar.gz")
+        record = await admin.register_archive(
+            actor, Path(spool.name), name, description, state.settings.adapters.max_adapter_bytes
+        )
+    result = await admin.set_alias(actor, alias, record.ref) if alias else None
+    return RegisterResponse(adapter=record, alias=result)
+
+
+@router.delete("/adapters/{ref}", status_code=204)
+async def delete(ref: str, admin: Admin, actor: Actor) -> None:
+    await admin.delete(actor, ref)
+
+
+@router.post("/adapters/{ref}/load", status_code=204)
+async def load(ref: str, admin: Admin, actor: Actor) -> None:
+    await admin.load(actor, ref)
+
+
+@router.post("/adapters/{ref}/unload", status_code=204)
+async def unload(ref: str, admin: Admin, actor: Actor) -> None:
+    await admin.unload(actor, ref)
+
+
+@router.put("/aliases/{alias}", response_model=AliasRecord)
+async def set_alias(alias: str, body: AliasRequest, admin: Admin, actor: Actor) -> AliasRecord:
+    """Load the target on every backend, flip the alias, drain and unload the old version."""
+    return await admin.set_alias(actor, alias, body.target)
+
+
+@router.post("/aliases/{alias}/rollback", response_model=AliasRecord)
+async def rollback(alias: str, admin: Admin, actor: Actor) -> AliasRecord:
+    return await admin.rollback(actor, alias)
+
+
+@router.get("/status", response_model=Status)
+async def status(admin: Admin) -> Status:
+    return await admin.status()
+
+
+@router.get("/audit", response_model=AuditEntries)
+async def audit(
+    state: StateDep, limit: Annotated[int, Query(ge=1, le=1_000)] = 100
+) -> AuditEntries:
+    return AuditEntries(entries=await asyncio.to_thread(state.audit.tail, limit))

@@ -1,0 +1,64 @@
+"""Admin API bodies: strict (unknown fields refused)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapters.registry import AdapterRecord, AliasRecord
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RegisterRequest(_Strict):
+    # A folder under the adapter root (settings.adapters.root), relative to it.
+    path: str = Field(min_length=1)
+    name: str
+    description: str = ""
+    # Point this alias at the new version once it is loaded.
+    alias: str | None = None
+
+
+class AliasRequest(_Strict):
+    target: str = Field(description="a version ref, name@version")
+
+
+class RegistryListing(BaseModel):
+    revision: int
+    adapters: list[AdapterRecord]
+    aliases: dict[str, AliasRecord]
+
+
+class RegisterResponse(BaseModel):
+    adapter: AdapterRecord
+    alias: AliasRecord | None = None
+
+
+class BackendStatus(BaseModel):
+    index: int
+    name: str
+    up: bool
+    loaded: list[str]
+    missing: list[str]
+    extra: list[str]
+    error: str | None
+
+
+class Status(BaseModel):
+    """What this process serves, against the registry."""
+
+    revision: int
+    # alias -> version requests are sent to now (in this process)
+    active: dict[str, str]
+    # alias -> target in the registry (differs from `active` only during a swap)
+    registry: dict[str, str]
+    inflight: dict[str, int]
+    backends: list[BackendStatus]
+    drift: bool
+
+
+class AuditEntries(BaseModel):
+    entries: list[dict[str, Any]]

@@ -1,0 +1,137 @@
+"""The FastAPI application: `create_app(settings)` builds it, its lifespan builds the clients."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+
+from adapters.audit import AuditLog
+from adapters.registry import Registry
+from adapters.validate import ModelSpec
+from ingest.embedder import Embedder
+from ingest.sparse import SparseEncoder
+from ingest.store import open_qdrant
+from ragtune.errors import RagtuneError
+from ragtune.settings import Settings
+from service.chat.service import ChatService
+from service.errors import install_error_handlers
+from service.hotswap.manager import AdapterManager
+from service.limits import BodySizeLimit
+from service.llm.backend import Backend
+from service.llm.factory import build_backends
+from service.llm.pool import BackendPool
+from service.llm.tokens import TokenCounter
+from service.metrics import Metrics, RequestMetrics
+from service.rag.retrieval import RetrievalService
+from service.routes.loader import load_routes, routes_path
+from service.state import AppState
+from service.summarize.service import SummarizeService
+
+log = logging.getLogger(__name__)
+BackendFactory = Callable[[Settings], Sequence[Backend]]
+ADMIN_PREFIX = "/admin"
+
+
+def create_app(settings: Settings, backends: BackendFactory = build_backends) -> FastAPI:
+    """The API for `settings`. A bad routes file fails here, before anything is loaded;
+    `backends` builds the generation engines (tests pass a scripted one)."""
+    routes = load_routes(routes_path(settings))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        state = await _build(settings, routes, backends)
+        app.state.metrics = state.metrics
+        await state.adapters.start()
+        try:
+            yield {"services": state}
+        finally:
+            await state.adapters.stop()
+            await state.backend.aclose()
+            state.qdrant.close()
+
+    app = FastAPI(
+        title="ragtune",
+        version="0.1.0",
+        summary="RAG and LoRA adapters per route, OpenAI-compatible.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app, settings.api.retry_after_s)
+    app.add_middleware(RequestMetrics)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.api.max_body_bytes,
+        exempt={f"{ADMIN_PREFIX}/adapters/upload": settings.admin.max_upload_bytes},
+    )
+    from service.chat.router import router as chat_router
+    from service.health.router import router as health_router
+    from service.openai_api.router import router as openai_router
+    from service.summarize.router import router as summarize_router
+
+    app.include_router(health_router)
+    app.include_router(chat_router)
+    app.include_router(summarize_router)
+    app.include_router(openai_router)
+    if settings.admin.token is not None:
+        from service.admin.router import router as admin_router
+
+        app.include_router(admin_router, prefix=ADMIN_PREFIX)
+    return app
+
+
+async def _build(settings: Settings, routes: dict[str, Any], backends: BackendFactory) -> AppState:
+    metrics = Metrics()
+    # One after the other: transformers' model loading patches torch globally (meta-device
+    # initialisation), so two loads in parallel threads corrupt each other.
+    embedder = await asyncio.to_thread(Embedder.load, settings.embedding)
+    members = await asyncio.to_thread(backends, settings)
+    counter = await asyncio.to_thread(TokenCounter.for_settings, settings)
+    pool = BackendPool(members)
+    qdrant = open_qdrant(settings)
+    retrieval = RetrievalService(
+        settings, qdrant, embedder, SparseEncoder(settings.sparse), metrics
+    )
+    root = settings.adapters_root()
+    registry = Registry(
+        root,
+        await asyncio.to_thread(_model_spec, settings),
+        max_rank=settings.llm.max_lora_rank,
+        max_bytes=settings.adapters.max_adapter_bytes,
+    )
+    manager = AdapterManager(
+        registry,
+        pool,
+        sync_interval_s=settings.adapters.sync_interval_s,
+        drain_timeout_s=settings.adapters.drain_timeout_s,
+    )
+    chat = ChatService(routes, retrieval, pool, manager, counter, metrics, settings.api)
+    summarize = SummarizeService(chat, retrieval, counter, metrics)
+    return AppState(
+        settings=settings,
+        routes=routes,
+        metrics=metrics,
+        qdrant=qdrant,
+        retrieval=retrieval,
+        backend=pool,
+        registry=registry,
+        adapters=manager,
+        audit=AuditLog(root / "audit.jsonl"),
+        chat=chat,
+        summarize=summarize,
+    )
+
+
+def _model_spec(settings: Settings) -> ModelSpec | None:
+    """The served base model's shapes, to validate adapters against; None if not on disk."""
+    from service.llm.model import resolve_base_model
+
+    try:
+        return ModelSpec.from_model_dir(Path(resolve_base_model(settings)))
+    except RagtuneError as exc:
+        log.warning("adapters cannot be validated against the base model: %s", exc)
+        return None

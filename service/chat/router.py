@@ -1,0 +1,97 @@
+"""POST /v1/chat: an answer from the route's sources, in the route's voice, with citations."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from service.chat.schemas import (
+    ChatRequest,
+    ChatResponse,
+    Citations,
+    StreamEvent,
+    UsageOut,
+    sources_out,
+)
+from service.chat.service import ChatCall, ChatEvent, ChatResult, DeltaEvent, SourcesEvent
+from service.deps import ChatDep
+from service.sse import DONE, event, sse_response
+
+router = APIRouter(tags=["chat"])
+
+
+@router.post("/v1/chat", response_model=ChatResponse)
+async def chat(body: ChatRequest, service: ChatDep, request: Request) -> Any:
+    request.state.route_label = body.route
+    call = to_call(body)
+    if body.stream:
+        # Prepared before the 200 goes out, so a bad request is still an HTTP error.
+        return sse_response(_events(await service.open_stream(call)))
+    return to_response(await service.answer(call))
+
+
+def to_call(body: ChatRequest) -> ChatCall:
+    sampling = {
+        name: getattr(body, name) for name in ("max_tokens", "temperature", "top_p", "stop", "seed")
+    }
+    return ChatCall(
+        route=body.route,
+        messages=body.messages,
+        filters=body.filters,
+        top_k=body.top_k,
+        mode=body.mode,
+        adapter=body.adapter,
+        sampling=sampling,
+    )
+
+
+def citations_out(result: ChatResult) -> Citations:
+    return Citations(cited=sorted(result.citations.cited), removed=result.citations.removed)
+
+
+def usage_out(result: ChatResult) -> UsageOut:
+    u = result.usage
+    return UsageOut(
+        prompt_tokens=u.prompt_tokens,
+        completion_tokens=u.completion_tokens,
+        total_tokens=u.prompt_tokens + u.completion_tokens,
+    )
+
+
+def to_response(result: ChatResult) -> ChatResponse:
+    return ChatResponse(
+        route=result.route,
+        adapter=result.adapter,
+        answer=result.text,
+        output=result.output,
+        finish_reason=result.finish_reason,
+        sources=sources_out(result.sources),
+        citations=citations_out(result),
+        usage=usage_out(result),
+    )
+
+
+async def _events(events: AsyncIterator[ChatEvent]) -> AsyncIterator[str]:
+    async for item in events:
+        out: StreamEvent
+        if isinstance(item, SourcesEvent):
+            out = StreamEvent(
+                type="sources",
+                route=item.route,
+                adapter=item.adapter,
+                sources=sources_out(item.sources),
+            )
+        elif isinstance(item, DeltaEvent):
+            out = StreamEvent(type="delta", text=item.text)
+        else:
+            out = StreamEvent(
+                type="done",
+                finish_reason=item.finish_reason,
+                citations=citations_out(item),
+                usage=usage_out(item),
+                output=item.output,
+            )
+        yield event(out.model_dump(exclude_none=True))
+    yield DONE

@@ -1,0 +1,100 @@
+"""Request and response bodies of POST /v1/chat."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ingest.search import Mode
+from service.llm.types import ChatMessage, FinishReason
+from service.rag.context import Source
+
+FilterValue = str | int | bool
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    route: str = "chat"
+    messages: list[ChatMessage] = Field(min_length=1)
+    # Payload filters ANDed with the route's (when the route allows it), e.g. {"file_type": "md"}.
+    filters: dict[str, FilterValue | list[FilterValue]] | None = None
+    top_k: int | None = Field(default=None, ge=1, le=100)
+    mode: Mode | None = None
+    # An adapter alias from the route's allow-list, or "base".
+    adapter: str | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: list[str] | None = Field(default=None, max_length=8)
+    seed: int | None = None
+    stream: bool = False
+
+
+class SourceOut(BaseModel):
+    """A numbered source the answer may cite as [number]."""
+
+    number: int
+    doc_id: str
+    source: str
+    title: str
+    chunk_index: int
+    score: float
+    snippet: str
+
+
+class Citations(BaseModel):
+    # Source numbers the answer cites, after the check.
+    cited: list[int]
+    # Markers that pointed at no source and were taken out of the answer.
+    removed: int
+
+
+class UsageOut(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatResponse(BaseModel):
+    route: str
+    # The adapter version that answered ("name@version"), or None for the base model.
+    adapter: str | None
+    answer: str
+    # JSON routes: the answer parsed (None if it was cut off by max_tokens).
+    output: Any = None
+    finish_reason: FinishReason
+    sources: list[SourceOut]
+    citations: Citations
+    usage: UsageOut
+
+
+class StreamEvent(BaseModel):
+    """One server-sent event of a streamed chat: sources first, then deltas, then done."""
+
+    type: Literal["sources", "delta", "done", "error"]
+    route: str | None = None
+    adapter: str | None = None
+    sources: list[SourceOut] | None = None
+    text: str | None = None
+    finish_reason: FinishReason | None = None
+    citations: Citations | None = None
+    usage: UsageOut | None = None
+    output: Any = None
+    error: dict[str, Any] | None = None
+
+
+def sources_out(sources: list[Source]) -> list[SourceOut]:
+    return [
+        SourceOut(
+            number=s.number,
+            doc_id=s.hit.doc_id,
+            source=str(s.hit.payload.get("source", "")),
+            title=str(s.hit.payload.get("title") or ""),
+            chunk_index=int(s.hit.payload.get("chunk_index", 0)),
+            score=s.hit.score,
+            snippet=s.snippet(),
+        )
+        for s in sources
+    ]

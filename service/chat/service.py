@@ -1,0 +1,305 @@
+"""Chat: retrieve, build the prompt within the route's budget, generate with the route's adapter,
+and check the answer's citation markers against what was retrieved."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ingest.search import FilterValue, Mode
+from ragtune.errors import InvalidInput, NotFound, UpstreamUnavailable
+from ragtune.settings import ApiSettings
+from service.hotswap.manager import AdapterManager
+from service.llm.backend import Backend
+from service.llm.tokens import TokenCounter
+from service.llm.types import (
+    ChatMessage,
+    Completion,
+    FinishReason,
+    GenerationRequest,
+    SamplingParams,
+    StreamDelta,
+    Usage,
+)
+from service.metrics import Metrics
+from service.rag.citations import CitationCheck, StreamingCitations
+from service.rag.context import Source, pack_sources, render_context
+from service.rag.retrieval import RetrievalService
+from service.routes.schemas import BASE_MODEL, GENERATION_FIELDS, RouteSpec
+
+
+@dataclass
+class ChatCall:
+    """A chat request as both endpoints (ragtune's and OpenAI's) describe it."""
+
+    route: str
+    messages: list[ChatMessage]
+    filters: Mapping[str, FilterValue | list[FilterValue]] | None = None
+    top_k: int | None = None
+    mode: Mode | None = None
+    # None: the route's adapter; "base": the base model; else an alias the route allows.
+    adapter: str | None = None
+    # Generation fields the caller set (max_tokens, temperature, top_p, stop, seed).
+    sampling: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    route: str
+    spec: RouteSpec
+    request: GenerationRequest
+    alias: str | None
+    sources: list[Source]
+
+
+@dataclass
+class ChatResult:
+    route: str
+    adapter: str | None
+    text: str
+    output: Any
+    finish_reason: FinishReason
+    sources: list[Source]
+    citations: CitationCheck
+    usage: Usage
+
+
+@dataclass
+class SourcesEvent:
+    route: str
+    adapter: str | None
+    sources: list[Source]
+
+
+@dataclass
+class DeltaEvent:
+    text: str
+
+
+ChatEvent = SourcesEvent | DeltaEvent | ChatResult
+
+
+class ChatService:
+    def __init__(
+        self,
+        routes: Mapping[str, RouteSpec],
+        retrieval: RetrievalService,
+        backend: Backend,
+        adapters: AdapterManager,
+        counter: TokenCounter,
+        metrics: Metrics,
+        limits: ApiSettings,
+    ) -> None:
+        self.routes = routes
+        self._retrieval = retrieval
+        self.backend = backend
+        self.adapters = adapters
+        self._counter = counter
+        self._metrics = metrics
+        self.limits = limits
+
+    def route(self, name: str, kind: str = "chat") -> RouteSpec:
+        spec = self.routes.get(name)
+        if spec is None:
+            raise NotFound(
+                f"route {name!r} does not exist; routes: {', '.join(sorted(self.routes))}"
+            )
+        if spec.kind != kind:
+            raise InvalidInput(f"route {name!r} is a {spec.kind} route, not a {kind} route")
+        return spec
+
+    async def answer(self, call: ChatCall) -> ChatResult:
+        """The whole answer, with its sources and citation check."""
+        try:
+            async with asyncio.timeout(self.limits.request_timeout_s):
+                prepared = await self.prepare(call)
+                async with self.adapters.lease(prepared.alias) as ref:
+                    request = prepared.request.model_copy(update={"adapter": ref})
+                    with self._metrics.timed(prepared.route, "generate"):
+                        completion = await self.backend.generate(request)
+        except TimeoutError as exc:
+            raise self._timed_out() from exc
+        check = CitationCheck(len(prepared.sources))
+        text = check.clean(completion.text) if self._cites(prepared) else completion.text
+        return self._finish(prepared, ref, text, completion.text, completion, check)
+
+    async def open_stream(self, call: ChatCall) -> AsyncIterator[ChatEvent]:
+        """Prepare now (so a bad request fails before any byte is sent), then stream: sources
+        first, then cleaned pieces of the answer, then the ChatResult.
+
+        The deadline applies to the wait for each piece: a long answer that keeps coming is
+        never cut, a backend that stops answering is.
+        """
+        try:
+            async with asyncio.timeout(self.limits.request_timeout_s):
+                prepared = await self.prepare(call)
+        except TimeoutError as exc:
+            raise self._timed_out() from exc
+        return self._stream(prepared)
+
+    async def _stream(self, prepared: Prepared) -> AsyncIterator[ChatEvent]:
+        timeout = self.limits.request_timeout_s
+        async with self.adapters.lease(prepared.alias) as ref:
+            yield SourcesEvent(prepared.route, ref, prepared.sources)
+            request = prepared.request.model_copy(update={"adapter": ref})
+            check = CitationCheck(len(prepared.sources))
+            cleaner = StreamingCitations(check) if self._cites(prepared) else None
+            raw: list[str] = []
+            sent: list[str] = []
+            with self._metrics.timed(prepared.route, "generate"):
+                deltas = aiter(self.backend.stream(request))
+                while True:
+                    try:
+                        # In this task, not a new one: the stream's HTTP context lives here.
+                        async with asyncio.timeout(timeout):
+                            delta = await anext(deltas)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError as exc:
+                        raise self._timed_out() from exc
+                    raw.append(delta.text)
+                    text = cleaner.feed(delta.text) if cleaner else delta.text
+                    if delta.finish_reason is not None and cleaner:
+                        text += cleaner.flush()
+                    if text:
+                        sent.append(text)
+                        yield DeltaEvent(text)
+                    if delta.finish_reason is not None and delta.usage is not None:
+                        yield self._finish(prepared, ref, "".join(sent), "".join(raw), delta, check)
+                        return
+        raise UpstreamUnavailable("the backend ended the stream before finishing the answer")
+
+    def _timed_out(self) -> UpstreamUnavailable:
+        return UpstreamUnavailable(
+            f"the answer took longer than {self.limits.request_timeout_s:g} s "
+            f"(api.request_timeout_s); the backend may be overloaded, retry later"
+        )
+
+    async def prepare(self, call: ChatCall) -> Prepared:
+        """Check the call against the route, retrieve, and build the generation request."""
+        spec = self.route(call.route)
+        alias = self.adapter_for(call.route, spec, call.adapter)
+        await self.adapters.check(alias)
+        messages = list(call.messages)
+        if len(messages) > self.limits.max_messages:
+            raise InvalidInput(
+                f"messages: {len(messages)} messages, the limit is {self.limits.max_messages}"
+            )
+        if messages[-1].role != "user":
+            raise InvalidInput("messages: the last message must be the user's question")
+        question = messages[-1].content
+        if not question.strip():
+            raise InvalidInput("messages: the last user message is empty")
+        sources: list[Source] = []
+        if spec.retrieval is not None:
+            self._check_retrieval_overrides(call, spec)
+            hits = await self._retrieval.search(
+                call.route,
+                spec.retrieval,
+                question,
+                filters=call.filters,
+                top_k=call.top_k,
+                mode=call.mode,
+            )
+            sources = pack_sources(hits, self._counter, spec.retrieval.context_tokens)
+        elif call.filters or call.top_k or call.mode:
+            raise InvalidInput(f"route {call.route!r} does not retrieve; drop filters/top_k/mode")
+        context = render_context(sources)
+        values = {"context": context, "question": question, "route": call.route}
+        system = spec.prompt.system.format_map(values).strip()
+        extra_system = [m.content for m in messages if m.role == "system"]
+        system = "\n\n".join(s for s in [system, *extra_system] if s.strip())
+        history = [m for m in messages[:-1] if m.role != "system"]
+        built = [ChatMessage(role="system", content=system)] if system else []
+        built += history
+        built.append(ChatMessage(role="user", content=spec.prompt.user.format_map(values)))
+        request = GenerationRequest(
+            messages=built,
+            sampling=self.sampling(call.route, spec, call.sampling),
+            json_schema=spec.output.json_schema,
+        )
+        return Prepared(call.route, spec, request, alias, sources)
+
+    def sampling(self, route: str, spec: RouteSpec, asked: Mapping[str, Any]) -> SamplingParams:
+        """The route's generation settings with the caller's allowed changes applied."""
+        values = spec.generation.model_dump()
+        for name, value in asked.items():
+            if value is None:
+                continue
+            if name not in GENERATION_FIELDS or name not in spec.overrides.generation:
+                raise InvalidInput(f"{name}: route {route!r} does not let callers change it")
+            values[name] = value
+        if values["max_tokens"] > self.limits.max_tokens:
+            raise InvalidInput(
+                f"max_tokens: {values['max_tokens']} is above this server's limit of "
+                f"{self.limits.max_tokens}"
+            )
+        return SamplingParams.model_validate(values)
+
+    @staticmethod
+    def adapter_for(route: str, spec: RouteSpec, asked: str | None) -> str | None:
+        """The alias to serve with (None: the base model): the route's, or the caller's
+        choice from the route's allow-list."""
+        if asked is None:
+            return spec.adapter
+        wanted = None if asked == BASE_MODEL else asked
+        if not spec.allows_adapter(wanted):
+            allowed = sorted({spec.adapter or BASE_MODEL, *spec.overrides.adapters})
+            raise InvalidInput(
+                f"adapter: route {route!r} allows {', '.join(map(repr, allowed))}, not {asked!r}"
+            )
+        return wanted
+
+    @staticmethod
+    def _check_retrieval_overrides(call: ChatCall, spec: RouteSpec) -> None:
+        allowed = spec.overrides
+        if call.filters and not allowed.filters:
+            raise InvalidInput(f"filters: route {call.route!r} does not let callers filter")
+        if call.mode and not allowed.mode:
+            raise InvalidInput(f"mode: route {call.route!r} does not let callers change it")
+        if call.top_k is not None:
+            if allowed.max_top_k is None:
+                raise InvalidInput(f"top_k: route {call.route!r} does not let callers change it")
+            if call.top_k > allowed.max_top_k:
+                raise InvalidInput(
+                    f"top_k: route {call.route!r} allows at most {allowed.max_top_k}"
+                )
+
+    @staticmethod
+    def _cites(prepared: Prepared) -> bool:
+        return prepared.spec.output.type == "text" and bool(prepared.spec.retrieval)
+
+    def _finish(
+        self,
+        prepared: Prepared,
+        ref: str | None,
+        text: str,
+        raw: str,
+        final: Completion | StreamDelta,
+        check: CitationCheck,
+    ) -> ChatResult:
+        usage = final.usage
+        assert usage is not None
+        assert final.finish_reason is not None
+        output = None
+        if prepared.spec.output.type == "json":
+            with contextlib.suppress(ValueError):
+                output = json.loads(raw)
+        route = prepared.route
+        self._metrics.tokens.labels(route, "in").inc(usage.prompt_tokens)
+        self._metrics.tokens.labels(route, "out").inc(usage.completion_tokens)
+        self._metrics.adapter_use.labels(route, ref or BASE_MODEL).inc()
+        return ChatResult(
+            route=route,
+            adapter=ref,
+            text=text,
+            output=output,
+            finish_reason=final.finish_reason,
+            sources=prepared.sources,
+            citations=check,
+            usage=usage,
+        )

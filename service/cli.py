@@ -1,0 +1,85 @@
+"""`ragtune serve`: the HTTP API on the configured Qdrant and backend."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+from pathlib import Path
+
+from ragtune.settings import Settings
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    s = sub.add_parser(
+        "serve",
+        help="serve the chat, summarize and OpenAI-compatible API (embedded Qdrant and model "
+        "unless RAGTUNE_QDRANT__URL / RAGTUNE_LLM__VLLM_URL are set)",
+    )
+    s.add_argument("--host", help="address to listen on (default: RAGTUNE_API__HOST, 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port (default: RAGTUNE_API__PORT, 8000)")
+    s.add_argument("--routes", type=Path, help="routes file (default: RAGTUNE_API__ROUTES_FILE)")
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.set_defaults(handler=run_serve)
+
+
+def run_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from service.app import create_app
+
+    api = settings.api.model_copy(
+        update={
+            k: v
+            for k, v in (("host", args.host), ("port", args.port), ("routes_file", args.routes))
+            if v is not None
+        }
+    )
+    settings = settings.model_copy(update={"api": api})
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)  # a bad routes file stops here, with the route and field named
+    config = uvicorn.Config(app, host=api.host, port=api.port, log_level=args.log_level)
+    server = _server_class()(config, banner=banner(settings))
+    server.run()
+    return 0 if server.started else 1
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """Prints the banner once the app is started (the model and clients are loaded)."""
+
+        def __init__(self, config: uvicorn.Config, banner: str) -> None:
+            super().__init__(config)
+            self.banner = banner
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                print(self.banner, flush=True)
+
+    return Server
+
+
+def banner(settings: Settings) -> str:
+    """What to do once the server is up: the URL and two requests that work."""
+    host = settings.api.host
+    shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
+    url = f"http://{shown}:{settings.api.port}"
+    return f"""
+ragtune is serving on {url}  (docs: {url}/docs, metrics: {url}/metrics)
+
+  curl -s {url}/v1/chat -H 'content-type: application/json' \\
+    -d '{{"route": "chat", "messages": [{{"role": "user",
+          "content": "How does re-ingesting avoid duplicates?"}}]}}'
+
+  python - <<'PY'
+from openai import OpenAI
+client = OpenAI(base_url="{url}/v1", api_key="unused")
+answer = client.chat.completions.create(
+    model="chat", messages=[{{"role": "user", "content": "What does ragtune do?"}}]
+)
+print(answer.choices[0].message.content)
+PY
+"""

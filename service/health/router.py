@@ -1,0 +1,46 @@
+"""GET /healthz (the process answers), /readyz (Qdrant and the backend answer), /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from ragtune.errors import RagtuneError
+from service.deps import StateDep
+
+router = APIRouter(tags=["health"])
+# A readiness probe must answer quickly even when a dependency hangs.
+_CHECK_TIMEOUT_S = 5.0
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(state: StateDep) -> JSONResponse:
+    checks: dict[str, Any] = {}
+    for name, probe in (("qdrant", state.retrieval.ping()), ("backend", state.backend.health())):
+        try:
+            await asyncio.wait_for(probe, _CHECK_TIMEOUT_S)
+            checks[name] = "ok"
+        except TimeoutError:
+            checks[name] = f"no answer within {_CHECK_TIMEOUT_S:g} s"
+        except RagtuneError as exc:
+            checks[name] = str(exc)
+    ready = all(v == "ok" for v in checks.values())
+    body = {"status": "ready" if ready else "unavailable", "checks": checks}
+    if ready:
+        return JSONResponse(body)
+    headers = {"Retry-After": str(state.settings.api.retry_after_s)}
+    return JSONResponse(body, status_code=503, headers=headers)
+
+
+@router.get("/metrics")
+async def metrics(state: StateDep) -> Response:
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

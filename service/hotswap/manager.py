@@ -1,0 +1,268 @@
+"""Which adapter version each alias serves, on every backend, swapped without dropping requests.
+
+A swap loads the new version under its versioned name (`name@version`) on every backend,
+then flips the alias (new requests go to the new version), waits for requests still running
+on the old version, then unloads it. Requests are only ever routed to a loaded version, and a
+versioned name is never reused for other weights, so no engine can serve stale ones.
+
+The registry on disk is the source of truth. Every `sync_interval_s`, the manager re-reads it
+(following flips made by other processes or the CLI) and reconciles each backend: a replica
+that restarted empty gets its adapters back before it rejoins the rotation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from adapters.registry import AliasRecord, Registry
+from ragtune.errors import InvalidInput, NotFound, RagtuneError
+from service.llm.pool import BackendPool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MemberStatus:
+    """One backend's adapters against what the registry says it should hold."""
+
+    index: int
+    name: str
+    up: bool
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+class AdapterManager:
+    def __init__(
+        self,
+        registry: Registry,
+        pool: BackendPool,
+        *,
+        sync_interval_s: float,
+        drain_timeout_s: float,
+    ) -> None:
+        self.registry = registry
+        self.pool = pool
+        self._interval = sync_interval_s
+        self._drain_timeout = drain_timeout_s
+        self._active: dict[str, str] = {}  # alias -> version ref that requests are sent to
+        self._loaded: set[str] = set()  # refs that every backend in rotation should hold
+        self._pinned: set[str] = set()  # refs loaded by an admin without an alias
+        self._inflight: Counter[str] = Counter()
+        self._idle = asyncio.Condition()
+        self._lock = asyncio.Lock()
+        self._revision: int | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.Task[None] | None = None
+        self.members: list[MemberStatus] = []
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Serve the registry's aliases now, then follow it in the background."""
+        try:
+            await self.sync()
+        except RagtuneError as exc:
+            # The API still starts: routes on the base model work, and the loop retries.
+            log.error("adapters could not be loaded at start-up: %s", exc)
+        self._loop = asyncio.create_task(self._run(), name="adapter-sync")
+
+    async def stop(self) -> None:
+        tasks = [t for t in [self._loop, *self._retiring] if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.sync()
+            except RagtuneError as exc:
+                log.warning("adapter sync failed, retrying in %.1f s: %s", self._interval, exc)
+            except Exception:
+                log.exception("adapter sync failed unexpectedly")
+
+    # -- requests -------------------------------------------------------------------
+
+    async def check(self, alias: str | None) -> None:
+        """Raise NotFound unless `alias` (None: the base model) can be served now."""
+        if alias is not None and alias not in self._active:
+            # An alias made a moment ago by another process: look before refusing.
+            await self.sync()
+            if alias not in self._active:
+                raise NotFound(
+                    f"adapter alias {alias!r} is not in the registry (aliases: "
+                    f"{', '.join(sorted(self._active)) or 'none'}); register an adapter and "
+                    f"point the alias at it: `ragtune adapters register DIR --name N --alias "
+                    f"{alias}`"
+                )
+
+    @contextlib.asynccontextmanager
+    async def lease(self, alias: str | None) -> AsyncIterator[str | None]:
+        """The version `alias` serves now (None: the base model), held until the block ends
+        so that a swap does not unload it under the request."""
+        if alias is None:
+            yield None
+            return
+        await self.check(alias)
+        ref = self._active[alias]
+        self._inflight[ref] += 1
+        try:
+            yield ref
+        finally:
+            self._inflight[ref] -= 1
+            if not self._inflight[ref]:
+                del self._inflight[ref]
+                async with self._idle:
+                    self._idle.notify_all()
+
+    def active(self) -> dict[str, str]:
+        return dict(self._active)
+
+    def loaded(self) -> set[str]:
+        return set(self._loaded)
+
+    def inflight(self) -> dict[str, int]:
+        return dict(self._inflight)
+
+    # -- admin operations -------------------------------------------------------------
+
+    async def set_alias(self, alias: str, ref: str) -> AliasRecord:
+        """Load `ref` everywhere, point `alias` at it, then retire the old version."""
+        async with self._lock:
+            await self._ensure_loaded(ref)
+            record = await asyncio.to_thread(self.registry.set_alias, alias, ref)
+            self._switch(alias, record.target)
+            return record
+
+    async def rollback(self, alias: str) -> AliasRecord:
+        """Point `alias` back at its previous version, loading it first."""
+        async with self._lock:
+            current = (await asyncio.to_thread(self.registry.aliases)).get(alias)
+            if current is None:
+                raise NotFound(f"alias {alias!r} does not exist")
+            if current.previous is None:
+                raise InvalidInput(f"alias {alias!r} has no previous version to roll back to")
+            await self._ensure_loaded(current.previous)
+            record = await asyncio.to_thread(self.registry.rollback, alias)
+            self._switch(alias, record.target)
+            return record
+
+    async def load(self, ref: str) -> None:
+        """Load a version on every backend without an alias (to warm it before a flip)."""
+        async with self._lock:
+            await asyncio.to_thread(self.registry.get, ref)
+            await self._ensure_loaded(ref)
+            self._pinned.add(ref)
+
+    async def unload(self, ref: str) -> None:
+        """Unload a version no alias serves; refused while an alias points at it."""
+        async with self._lock:
+            users = sorted(a for a, r in self._active.items() if r == ref)
+            if users:
+                raise InvalidInput(
+                    f"{ref} is served by alias {', '.join(map(repr, users))}; point the alias "
+                    f"at another version first"
+                )
+            if ref not in self._loaded:
+                raise NotFound(f"{ref} is not loaded")
+            self._pinned.discard(ref)
+            self._retire(ref)
+
+    # -- reconciliation -------------------------------------------------------------
+
+    async def sync(self) -> None:
+        """Follow the registry (aliases flipped elsewhere) and reconcile every backend."""
+        async with self._lock:
+            state = await asyncio.to_thread(self.registry.snapshot)
+            if state.revision != self._revision:
+                for alias, record in state.aliases.items():
+                    if self._active.get(alias) != record.target:
+                        await self._ensure_loaded(record.target)
+                        self._switch(alias, record.target)
+                for alias in set(self._active) - set(state.aliases):
+                    old = self._active.pop(alias)
+                    self._retire(old)
+                self._revision = state.revision
+            await self._reconcile()
+
+    def _switch(self, alias: str, ref: str) -> None:
+        old = self._active.get(alias)
+        self._active[alias] = ref
+        if old is not None and old != ref:
+            log.info("alias %s: %s -> %s", alias, old, ref)
+            self._retire(old)
+
+    async def _ensure_loaded(self, ref: str) -> None:
+        if ref in self._loaded:
+            return
+        path = await asyncio.to_thread(self.registry.path, ref)
+        await self.pool.load_adapter(ref, path)
+        self._loaded.add(ref)
+
+    def _retire(self, ref: str) -> None:
+        task = asyncio.create_task(self._drain_and_unload(ref), name=f"retire {ref}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _drain_and_unload(self, ref: str) -> None:
+        async with self._idle:
+            try:
+                await asyncio.wait_for(
+                    self._idle.wait_for(lambda: not self._inflight[ref]), self._drain_timeout
+                )
+            except TimeoutError:
+                log.warning(
+                    "%s still has %d requests running after %.0f s; it stays loaded and is "
+                    "retired at the next sync",
+                    ref,
+                    self._inflight[ref],
+                    self._drain_timeout,
+                )
+                return
+        async with self._lock:
+            if ref in self._active.values() or ref in self._pinned or self._inflight[ref]:
+                return  # flipped back to it meanwhile
+            if ref in self._loaded:
+                self._loaded.discard(ref)
+                with contextlib.suppress(NotFound):
+                    await self.pool.unload_adapter(ref)
+
+    async def _reconcile(self) -> None:
+        """Bring every backend to the adapters in `_loaded`; rejoin recovered members."""
+        wanted = self._loaded
+        managed = wanted | set(self._inflight)
+        statuses = []
+        for index, member in enumerate(self.pool.members):
+            status = MemberStatus(index=index, name=member.name, up=False)
+            try:
+                await member.health()
+                loaded = set(await member.list_adapters())
+                status.missing = sorted(wanted - loaded)
+                for ref in status.missing:
+                    await member.load_adapter(ref, await asyncio.to_thread(self.registry.path, ref))
+                # Reported, not unloaded: another API process sharing this engine may still
+                # be draining requests on a version this one has retired.
+                status.extra = sorted(r for r in loaded - managed if "@" in r)
+                status.loaded = sorted(await member.list_adapters())
+                status.up = True
+                self.pool.mark_up(index)
+            except RagtuneError as exc:
+                status.error = str(exc)
+                self.pool.mark_down(index, exc)
+            statuses.append(status)
+        self.members = statuses
+        # Retirements that timed out are tried again once their requests are done.
+        for ref in sorted(wanted - set(self._active.values()) - self._pinned):
+            if not self._inflight[ref] and not any(
+                t.get_name() == f"retire {ref}" for t in self._retiring
+            ):
+                self._retire(ref)

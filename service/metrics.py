@@ -1,0 +1,99 @@
+"""Prometheus metrics, one registry per app so that several apps (tests) never share counts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# Seconds: from a cache-warm embedding to a long generation on CPU.
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "ragtune_requests",
+            "Requests answered, by endpoint, route and HTTP status",
+            ["endpoint", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "ragtune_request_seconds",
+            "Whole-request latency (to the last byte for streams), by endpoint and route",
+            ["endpoint", "route"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.stage = Histogram(
+            "ragtune_stage_seconds",
+            "Time in each stage of a request: embed, search, generate",
+            ["route", "stage"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "ragtune_tokens",
+            "Tokens in (prompt) and out (completion), by route",
+            ["route", "direction"],
+            registry=self.registry,
+        )
+        self.adapter_use = Counter(
+            "ragtune_adapter_requests",
+            "Generations by route and the adapter version that served them",
+            ["route", "adapter"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "ragtune_errors",
+            "Errors returned to callers, by type",
+            ["type"],
+            registry=self.registry,
+        )
+
+    @contextmanager
+    def timed(self, route: str, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage.labels(route, stage).observe(time.perf_counter() - start)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestMetrics:
+    """Counts every request and times it to its last byte (streams included), labelled by
+    endpoint and by the route a handler put in `request.state.route_label`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def watching(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watching)
+        finally:
+            metrics: Metrics | None = getattr(scope["app"].state, "metrics", None)
+            if metrics is not None:
+                route = scope.get("route")
+                endpoint = getattr(route, "path", None) or "other"
+                label = str(scope.get("state", {}).get("route_label", ""))
+                metrics.requests.labels(endpoint, label, str(status)).inc()
+                metrics.latency.labels(endpoint, label).observe(time.perf_counter() - start)

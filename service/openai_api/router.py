@@ -1,0 +1,32 @@
+"""OpenAI-compatible endpoints: POST /v1/chat/completions and GET /v1/models."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from service.deps import ChatDep
+from service.openai_api import service
+from service.openai_api.schemas import ChatCompletion, ChatCompletionRequest, ModelList
+from service.sse import sse_response
+
+router = APIRouter(tags=["openai"])
+_STARTED = int(time.time())
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletion)
+async def chat_completions(body: ChatCompletionRequest, chat: ChatDep, request: Request) -> Any:
+    request.state.route_label = body.model
+    call = service.to_call(body)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events = await chat.open_stream(call)
+        return sse_response(service.chunks(events, body.model, include_usage))
+    return service.completion(await chat.answer(call))
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def models(chat: ChatDep) -> ModelList:
+    return service.list_models(chat, _STARTED)

@@ -1,0 +1,147 @@
+"""OpenAI chat completions on top of ragtune's chat service: `model` names a route."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ragtune.errors import InvalidInput
+from service.chat.schemas import sources_out
+from service.chat.service import ChatCall, ChatResult, ChatService, DeltaEvent, SourcesEvent
+from service.llm.types import ChatMessage
+from service.openai_api.schemas import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Choice,
+    CompletionUsage,
+    Model,
+    ModelList,
+    OpenAIMessage,
+    RagtuneExtra,
+    ResponseMessage,
+)
+from service.sse import DONE, event
+
+
+def to_call(body: ChatCompletionRequest) -> ChatCall:
+    """Refuse what cannot be honoured (n > 1, tools, another response format), map the rest."""
+    if body.n not in (None, 1):
+        raise InvalidInput("n: only n=1 is supported; send several requests instead")
+    if body.tools:
+        raise InvalidInput("tools: tool calling is not supported by ragtune routes")
+    if body.response_format and body.response_format.get("type") not in (None, "text"):
+        raise InvalidInput(
+            "response_format: the output format is part of the route; pick a route whose "
+            "output is JSON (GET /v1/models) instead"
+        )
+    if body.max_tokens is not None and body.max_completion_tokens is not None:
+        raise InvalidInput("max_tokens and max_completion_tokens: send one of them")
+    stop = [body.stop] if isinstance(body.stop, str) else body.stop
+    return ChatCall(
+        route=body.model,
+        messages=[_message(i, m) for i, m in enumerate(body.messages)],
+        filters=body.filters,
+        top_k=body.top_k,
+        mode=body.mode,
+        adapter=body.adapter,
+        sampling={
+            "max_tokens": body.max_completion_tokens or body.max_tokens,
+            "temperature": body.temperature,
+            "top_p": body.top_p,
+            "stop": stop,
+            "seed": body.seed,
+        },
+    )
+
+
+def _message(index: int, message: OpenAIMessage) -> ChatMessage:
+    role = "system" if message.role == "developer" else message.role
+    if role not in ("system", "user", "assistant"):
+        raise InvalidInput(f"messages.{index}.role: {message.role!r} messages are not supported")
+    content = message.content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if part.type != "text" or part.text is None:
+                raise InvalidInput(
+                    f"messages.{index}.content: only text parts are supported, not {part.type!r}"
+                )
+            parts.append(part.text)
+        content = "".join(parts)
+    return ChatMessage(role=role, content=content or "")
+
+
+def list_models(chat: ChatService, created: int) -> ModelList:
+    return ModelList(
+        data=[
+            Model(id=name, created=created, description=spec.description, kind=spec.kind)
+            for name, spec in sorted(chat.routes.items())
+            if spec.kind == "chat"
+        ]
+    )
+
+
+def _extra(result: ChatResult | SourcesEvent, citations: dict[str, Any]) -> RagtuneExtra:
+    return RagtuneExtra(
+        route=result.route,
+        adapter=result.adapter,
+        sources=[s.model_dump() for s in sources_out(result.sources)],
+        citations=citations,
+    )
+
+
+def _citations(result: ChatResult) -> dict[str, Any]:
+    return {"cited": sorted(result.citations.cited), "removed": result.citations.removed}
+
+
+def _usage(result: ChatResult) -> CompletionUsage:
+    u = result.usage
+    return CompletionUsage(
+        prompt_tokens=u.prompt_tokens,
+        completion_tokens=u.completion_tokens,
+        total_tokens=u.prompt_tokens + u.completion_tokens,
+    )
+
+
+def completion(result: ChatResult) -> ChatCompletion:
+    return ChatCompletion(
+        id=f"chatcmpl-{uuid.uuid4().hex}",
+        created=int(time.time()),
+        model=result.route,
+        choices=[
+            Choice(message=ResponseMessage(content=result.text), finish_reason=result.finish_reason)
+        ],
+        usage=_usage(result),
+        ragtune=_extra(result, _citations(result)),
+    )
+
+
+async def chunks(
+    events: AsyncIterator[DeltaEvent | SourcesEvent | ChatResult], model: str, include_usage: bool
+) -> AsyncIterator[str]:
+    """OpenAI's chat.completion.chunk stream: a role chunk, content chunks, a chunk with the
+    finish reason (and ragtune's sources and citations), the usage chunk if asked, [DONE]."""
+    base: dict[str, Any] = {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+    }
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return event({**base, "choices": [choice], **extra})
+
+    async for item in events:
+        if isinstance(item, SourcesEvent):
+            yield chunk({"role": "assistant", "content": ""})
+        elif isinstance(item, DeltaEvent):
+            yield chunk({"content": item.text})
+        else:
+            extra = _extra(item, _citations(item)).model_dump()
+            yield chunk({}, item.finish_reason, ragtune=extra)
+            if include_usage:
+                yield event({**base, "choices": [], "usage": _usage(item).model_dump()})
+    yield DONE

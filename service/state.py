@@ -1,0 +1,33 @@
+"""Everything the API builds once at start-up and closes at shutdown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qdrant_client import QdrantClient
+
+from adapters.audit import AuditLog
+from adapters.registry import Registry
+from ragtune.settings import Settings
+from service.chat.service import ChatService
+from service.hotswap.manager import AdapterManager
+from service.llm.pool import BackendPool
+from service.metrics import Metrics
+from service.rag.retrieval import RetrievalService
+from service.routes.schemas import RouteSpec
+from service.summarize.service import SummarizeService
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    routes: dict[str, RouteSpec]
+    metrics: Metrics
+    qdrant: QdrantClient
+    retrieval: RetrievalService
+    backend: BackendPool
+    registry: Registry
+    adapters: AdapterManager
+    audit: AuditLog
+    chat: ChatService
+    summarize: SummarizeService

@@ -1,0 +1,50 @@
+"""POST /v1/summarize: text or ingested documents, summarized in the route's format."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from service.chat.schemas import UsageOut
+from service.deps import SummarizeDep
+from service.summarize.schemas import SummarizedDocument, SummarizeRequest, SummarizeResponse
+from service.summarize.service import SummarizeCall
+
+router = APIRouter(tags=["summarize"])
+
+
+@router.post("/v1/summarize", response_model=SummarizeResponse)
+async def summarize(
+    body: SummarizeRequest, service: SummarizeDep, request: Request
+) -> SummarizeResponse:
+    request.state.route_label = body.route
+    sampling = {n: getattr(body, n) for n in ("max_tokens", "temperature", "top_p", "stop", "seed")}
+    result = await service.summarize(
+        SummarizeCall(
+            route=body.route,
+            text=body.text,
+            doc_ids=body.doc_ids,
+            filters=body.filters,
+            adapter=body.adapter,
+            sampling=sampling,
+        )
+    )
+    u = result.usage
+    return SummarizeResponse(
+        route=result.route,
+        adapter=result.adapter,
+        summary=result.text,
+        output=result.output,
+        finish_reason=result.finish_reason,
+        documents=[
+            SummarizedDocument(doc_id=d.doc_id, title=d.title, chunks=d.chunks)
+            for d in result.documents
+        ],
+        input_tokens=result.input_tokens,
+        pieces=result.pieces,
+        reduce_rounds=result.reduce_rounds,
+        usage=UsageOut(
+            prompt_tokens=u.prompt_tokens,
+            completion_tokens=u.completion_tokens,
+            total_tokens=u.prompt_tokens + u.completion_tokens,
+        ),
+    )

@@ -1,0 +1,170 @@
+"""Summarize text or ingested documents: map-reduce when the input is longer than one piece."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ragtune.errors import InvalidInput, UpstreamUnavailable
+from service.chat.service import ChatService
+from service.llm.tokens import TokenCounter
+from service.llm.types import ChatMessage, Completion, FinishReason, GenerationRequest, Usage
+from service.metrics import Metrics
+from service.rag.retrieval import Document, Filters, RetrievalService
+from service.routes.schemas import RouteSpec, SummarizeSpec
+
+# Combining rounds before giving up (each round shrinks the text several-fold).
+_MAX_ROUNDS = 6
+# Chunks read for one request, at most.
+_MAX_CHUNKS = 20_000
+
+
+@dataclass
+class SummarizeCall:
+    route: str
+    text: str | None = None
+    doc_ids: list[str] | None = None
+    filters: Filters | None = None
+    adapter: str | None = None
+    sampling: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SummaryResult:
+    route: str
+    adapter: str | None
+    text: str
+    output: Any
+    finish_reason: FinishReason
+    documents: list[Document]
+    input_tokens: int
+    pieces: int
+    reduce_rounds: int
+    usage: Usage
+
+
+class SummarizeService:
+    def __init__(
+        self,
+        chat: ChatService,
+        retrieval: RetrievalService,
+        counter: TokenCounter,
+        metrics: Metrics,
+    ) -> None:
+        self._chat = chat
+        self._retrieval = retrieval
+        self._counter = counter
+        self._metrics = metrics
+
+    async def summarize(self, call: SummarizeCall) -> SummaryResult:
+        spec = self._chat.route(call.route, kind="summarize")
+        try:
+            async with asyncio.timeout(self._chat.limits.request_timeout_s):
+                return await self._summarize(call, spec)
+        except TimeoutError as exc:
+            raise UpstreamUnavailable(
+                f"the summary took longer than {self._chat.limits.request_timeout_s:g} s "
+                f"(api.request_timeout_s); summarize less text, or retry later"
+            ) from exc
+
+    async def _summarize(self, call: SummarizeCall, spec: RouteSpec) -> SummaryResult:
+        assert spec.summarize is not None
+        settings: SummarizeSpec = spec.summarize
+        alias = self._chat.adapter_for(call.route, spec, call.adapter)
+        await self._chat.adapters.check(alias)
+        sampling = self._chat.sampling(call.route, spec, call.sampling)
+        documents: list[Document] = []
+        if call.text is not None:
+            text = call.text
+        else:
+            if spec.retrieval is None:
+                raise InvalidInput(
+                    f"route {call.route!r} has no collection to read documents from; send text"
+                )
+            if call.filters and not spec.overrides.filters:
+                raise InvalidInput(f"filters: route {call.route!r} does not let callers filter")
+            with self._metrics.timed(call.route, "search"):
+                documents = await self._retrieval.documents(
+                    spec.retrieval,
+                    doc_ids=call.doc_ids,
+                    filters=call.filters,
+                    max_chunks=_MAX_CHUNKS,
+                )
+            text = "\n\n".join(f"# {d.title}\n\n{d.text}" for d in documents)
+        input_tokens = await asyncio.to_thread(self._counter.count, text)
+        if input_tokens > settings.max_input_tokens:
+            raise InvalidInput(
+                f"the input has {input_tokens} tokens, above route {call.route!r}'s "
+                f"max_input_tokens of {settings.max_input_tokens}; summarize less at once"
+            )
+        usage = Usage(prompt_tokens=0, completion_tokens=0)
+        async with self._chat.adapters.lease(alias) as ref:
+
+            async def generate(template: str, body: str, final: bool) -> Completion:
+                values = {"text": body, "route": call.route}
+                messages = [ChatMessage(role="user", content=template.format_map(values))]
+                if spec.prompt.system.strip():
+                    system = spec.prompt.system.format_map(values)
+                    messages.insert(0, ChatMessage(role="system", content=system))
+                piece_sampling = sampling
+                if not final:
+                    budget = min(sampling.max_tokens, settings.piece_summary_tokens)
+                    piece_sampling = sampling.model_copy(update={"max_tokens": budget})
+                request = GenerationRequest(
+                    messages=messages,
+                    adapter=ref,
+                    sampling=piece_sampling,
+                    json_schema=spec.output.json_schema if final else None,
+                )
+                with self._metrics.timed(call.route, "generate"):
+                    completion = await self._chat.backend.generate(request)
+                usage.prompt_tokens += completion.usage.prompt_tokens
+                usage.completion_tokens += completion.usage.completion_tokens
+                return completion
+
+            limit = asyncio.Semaphore(settings.concurrency)
+
+            async def summarize_piece(piece: str, template: str) -> str:
+                async with limit:
+                    return (await generate(template, piece, final=False)).text.strip()
+
+            pieces = await asyncio.to_thread(self._counter.split, text, settings.piece_tokens)
+            if not pieces:
+                raise InvalidInput("there is no text to summarize")
+            mapped = len(pieces)
+            rounds = 0
+            template = spec.prompt.user
+            while len(pieces) > 1:
+                if rounds == _MAX_ROUNDS:
+                    raise InvalidInput(
+                        f"the partial summaries did not fit in one piece after {rounds} rounds; "
+                        f"raise summarize.piece_tokens or lower piece_summary_tokens"
+                    )
+                summaries = await asyncio.gather(*(summarize_piece(p, template) for p in pieces))
+                joined = "\n\n".join(s for s in summaries if s)
+                pieces = await asyncio.to_thread(self._counter.split, joined, settings.piece_tokens)
+                template = spec.prompt.reduce or spec.prompt.user
+                rounds += 1
+            final = await generate(template, pieces[0], final=True)
+        output = None
+        if spec.output.type == "json":
+            with contextlib.suppress(ValueError):
+                output = json.loads(final.text)
+        self._metrics.tokens.labels(call.route, "in").inc(usage.prompt_tokens)
+        self._metrics.tokens.labels(call.route, "out").inc(usage.completion_tokens)
+        self._metrics.adapter_use.labels(call.route, ref or "base").inc()
+        return SummaryResult(
+            route=call.route,
+            adapter=ref,
+            text=final.text.strip(),
+            output=output,
+            finish_reason=final.finish_reason,
+            documents=documents,
+            input_tokens=input_tokens,
+            pieces=mapped,
+            reduce_rounds=rounds,
+            usage=usage,
+        )
