@@ -27,6 +27,7 @@ class BackendPool:
             raise ValueError("a backend pool needs at least one backend")
         self.members = list(members)
         self.up = [True] * len(self.members)
+        self._why: list[str] = [""] * len(self.members)
         self._busy = [0] * len(self.members)
         first = members[0].name
         self.name = first if len(members) == 1 else f"{first} x{len(members)}"
@@ -35,6 +36,7 @@ class BackendPool:
         if self.up[index]:
             log.warning("backend %d (%s) taken out of rotation: %s", index, self.name, reason)
         self.up[index] = False
+        self._why[index] = str(reason)
 
     def mark_up(self, index: int) -> None:
         if not self.up[index]:
@@ -44,9 +46,10 @@ class BackendPool:
     def _order(self) -> list[int]:
         candidates = [i for i in range(len(self.members)) if self.up[i]]
         if not candidates:
+            why = "; ".join(self._why)
             raise UpstreamUnavailable(
-                f"no {self.name} backend is answering; check the engine (vLLM or the embedded "
-                f"model) and retry"
+                f"no {self.name} backend is answering ({why}); check the engine (vLLM or the "
+                f"embedded model) and retry"
             )
         return sorted(candidates, key=self._busy.__getitem__)
 
