@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from ragtune.errors import RagtuneError
@@ -29,7 +30,10 @@ class TokenCounter:
             path = resolve_base_model(settings)
             from transformers import AutoTokenizer
 
-            return cls(AutoTokenizer.from_pretrained(path, local_files_only=True))
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            # Only counting: texts longer than the model reads are expected (map-reduce input).
+            tokenizer.model_max_length = 1 << 62
+            return cls(tokenizer)
         except (RagtuneError, OSError, ValueError) as exc:
             log.warning(
                 "the base model's tokenizer is not on disk (%s); prompt budgets are estimated "
@@ -45,7 +49,7 @@ class TokenCounter:
 
     def count(self, text: str) -> int:
         if self._tokenizer is None:
-            return int(len(text) / _CHARS_PER_TOKEN) + 1
+            return math.ceil(len(text) / _CHARS_PER_TOKEN)
         return len(self._tokenizer.encode(text, add_special_tokens=False))
 
     def truncate(self, text: str, max_tokens: int) -> str:
@@ -80,7 +84,14 @@ class TokenCounter:
             size += tokens
         if current:
             pieces.append("".join(current))
-        return [p for p in pieces if p.strip()]
+        # Whitespace alone is not worth a model call: it joins the piece before it.
+        merged: list[str] = []
+        for piece in pieces:
+            if merged and not piece.strip():
+                merged[-1] += piece
+            else:
+                merged.append(piece)
+        return [p for p in merged if p.strip()]
 
     def _hard_split(self, text: str, max_tokens: int) -> list[str]:
         if self._tokenizer is None:
