@@ -34,7 +34,13 @@ def test_answer_has_numbered_sources_from_the_corpus(client: TestClient) -> None
     assert sources[0]["doc_id"].endswith("fruit.txt")
     assert "Apples grow on trees" in sources[0]["snippet"]
     assert set(sources[0]) == {
-        "number", "doc_id", "source", "title", "chunk_index", "score", "snippet",
+        "number",
+        "doc_id",
+        "source",
+        "title",
+        "chunk_index",
+        "score",
+        "snippet",
     }
     assert body["usage"]["completion_tokens"] == 6
     assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + 6
@@ -96,7 +102,10 @@ def test_base_model_may_be_chosen_on_a_route_that_allows_it(client: TestClient) 
         (ask("x", route="chat-plain", filters={"file_type": "md"}), "does not retrieve"),
         (ask("x", top_k=21), "top_k: route 'chat' allows at most 20"),
         (ask("x", adapter="someone-elses"), "adapter: route 'chat' allows 'base'"),
-        (ask("x", route="chat-plain", adapter="tone"), "route 'chat-plain' allows 'base', not 'tone'"),
+        (
+            ask("x", route="chat-plain", adapter="tone"),
+            "route 'chat-plain' allows 'base', not 'tone'",
+        ),
         (ask("x", max_tokens=5000), "max_tokens: 5000 is above this server's limit of 1024"),
         (ask("x", filters={"title": "a"}, route="summarize"), "is a summarize route"),
     ],
@@ -161,9 +170,7 @@ def test_chunked_body_over_the_limit_is_refused_while_reading(client: TestClient
         for _ in range(20):
             yield b" " * 100_000
 
-    response = client.post(
-        "/v1/chat", content=body(), headers={"content-type": "application/json"}
-    )
+    response = client.post("/v1/chat", content=body(), headers={"content-type": "application/json"})
     assert response.status_code == 413
 
 

@@ -45,7 +45,10 @@ def ask(question: str = "How do apples grow?", **extra: Any) -> dict[str, Any]:
 def test_made_up_citation_markers_are_removed_and_counted(client: TestClient) -> None:
     body = client.post("/v1/chat", json=ask()).json()
     assert len(body["sources"]) == 2
-    assert body["answer"] == "Apples grow in orchards [1]. Pruning helps [1]. Tides  are unrelated [2]."
+    assert (
+        body["answer"]
+        == "Apples grow in orchards [1]. Pruning helps [1]. Tides  are unrelated [2]."
+    )
     assert body["citations"] == {"cited": [1, 2], "removed": 2}
 
 
@@ -98,8 +101,13 @@ def test_context_budget_limits_the_sources(tmp_path: Path, tiny_model: TinyModel
     ingest_corpus(settings)
     backend = ScriptedBackend("fine")
     with running_app(settings, lambda _: [backend]) as client:
-        body = client.post("/v1/chat", json={"route": "tight", "messages": [
-            {"role": "user", "content": "apple orchards prune trees"}]}).json()
+        body = client.post(
+            "/v1/chat",
+            json={
+                "route": "tight",
+                "messages": [{"role": "user", "content": "apple orchards prune trees"}],
+            },
+        ).json()
     assert 1 <= len(body["sources"]) < 5
     from transformers import AutoTokenizer
 
@@ -152,9 +160,14 @@ def test_backend_too_slow_gives_503(plain_settings: Settings) -> None:
 def test_error_mid_stream_ends_with_an_error_event(plain_settings: Settings) -> None:
     broken = ScriptedBackend(ANSWER, fail=UpstreamUnavailable("engine died"), fail_after_pieces=3)
     with running_app(plain_settings, lambda _: [broken]) as client:
-        response = client.post("/v1/chat/completions", json={
-            "model": "chat-plain", "messages": [{"role": "user", "content": "hi"}],
-            "stream": True})
+        response = client.post(
+            "/v1/chat/completions",
+            json={
+                "model": "chat-plain",
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream": True,
+            },
+        )
     blocks = response.text.strip().split("\n\n")
     error = json.loads(blocks[-2].removeprefix("data: "))
     assert error["error"]["message"] == "engine died"
@@ -182,8 +195,10 @@ def test_qdrant_down_gives_503(tmp_path: Path, tiny_model: TinyModel) -> None:
         assert "Qdrant at http://127.0.0.1:9 did not answer" in response.json()["error"]["message"]
         assert client.get("/readyz").status_code == 503
         # A route without retrieval does not need Qdrant.
-        plain = client.post("/v1/chat", json={"route": "chat-plain", "messages": [
-            {"role": "user", "content": "hi"}]})
+        plain = client.post(
+            "/v1/chat",
+            json={"route": "chat-plain", "messages": [{"role": "user", "content": "hi"}]},
+        )
         assert plain.status_code == 200
 
 
