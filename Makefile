@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 VLLM_VENV ?= .venv-vllm
 export VLLM_VENV := $(abspath $(VLLM_VENV))
 
-.PHONY: setup vllm-venv model run test test-fast lint bench bench-generate clean
+.PHONY: setup vllm-venv model run test test-fast lint bench bench-generate bench-api bench-hotswap clean
 
 $(BIN)/ragtune: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +28,12 @@ vllm-venv:
 model: setup
 	$(BIN)/ragtune model prepare
 
-# The main job until the API exists: ingest the project's own docs/ and answer a search.
+# The main job: prepare the default model (once), ingest the project's own docs/, serve the
+# API on embedded Qdrant and the embedded engine; it prints the URL, a curl and an openai example.
 run: setup
+	$(BIN)/ragtune model prepare
 	$(BIN)/ragtune ingest docs --collection docs --prune
-	$(BIN)/ragtune search "what happens when I ingest the same files twice?" --collection docs --top-k 3
+	$(BIN)/ragtune serve
 
 lint: setup
 	$(BIN)/ruff check .
@@ -49,6 +51,12 @@ bench: setup
 
 bench-generate: model vllm-venv
 	$(BIN)/python -m bench.generate
+
+bench-api: setup vllm-venv
+	$(BIN)/python -m bench.api
+
+bench-hotswap: model vllm-venv
+	$(BIN)/python -m bench.hotswap
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .ragtune .mypy_cache .ruff_cache .pytest_cache
