@@ -16,6 +16,7 @@ from pathlib import Path
 from adapters.archive import extract_archive
 from adapters.audit import AuditLog
 from adapters.registry import Registry
+from adapters.remote_cli import add_remote_commands
 from adapters.train import TrainOptions
 from adapters.validate import ModelSpec
 from ragtune.errors import RagtuneError
@@ -27,7 +28,10 @@ _SYNC_NOTE = (
     "The registry lives in RAGTUNE_ADAPTERS__ROOT (default <data_dir>/adapters); running "
     "servers follow changes to it within RAGTUNE_ADAPTERS__SYNC_INTERVAL_S seconds."
 )
-_COMMANDS = "train,make-dataset,eval-format,register,list,aliases,alias,rollback,unalias,delete"
+_COMMANDS = (
+    "train,make-dataset,eval-format,register,list,aliases,alias,rollback,unalias,delete,"
+    "load,unload,status,audit"
+)
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -122,6 +126,8 @@ def _add_registry_commands(asub: argparse._SubParsersAction[argparse.ArgumentPar
     d = asub.add_parser("delete", help="delete a version no alias points at", epilog=_SYNC_NOTE)
     d.add_argument("ref", help="name@version")
     d.set_defaults(handler=run_delete)
+
+    add_remote_commands(asub)
 
 
 def run_train(args: argparse.Namespace, settings: Settings) -> int:
