@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import tempfile
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.routing import APIRoute
 
 from adapters.registry import AliasRecord
 from service.admin.schemas import (
@@ -21,7 +23,7 @@ from service.admin.schemas import (
     Status,
 )
 from service.admin.service import AdminService
-from service.deps import StateDep
+from service.deps import StateDep, get_state
 from service.limits import TooLarge
 
 
@@ -29,14 +31,12 @@ def _admin(state: StateDep) -> AdminService:
     return AdminService(state.registry, state.adapters, state.audit)
 
 
-def require_token(
-    state: StateDep, request: Request, authorization: Annotated[str | None, Header()] = None
-) -> str:
+def authenticate(request: Request) -> str:
     """The caller's audit name if it sent the admin bearer token: 401 without one, 403 wrong."""
-    token = state.settings.admin.token
+    token = get_state(request).settings.admin.token
     if token is None:  # the router is not mounted without a token; belt and braces
         raise HTTPException(403, "the admin API is off: set RAGTUNE_ADMIN__TOKEN")
-    scheme, _, given = (authorization or "").partition(" ")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not given:
         raise HTTPException(
             401,
@@ -49,9 +49,28 @@ def require_token(
     return f"admin@{client}"
 
 
-Actor = Annotated[str, Depends(require_token)]
+class _AuthenticatedRoute(APIRoute):
+    """Checks the token before FastAPI reads the body: a dependency would run only after the
+    JSON is parsed, so an unauthenticated caller would learn about the body's validity."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def authenticated(request: Request) -> Response:
+            request.state.admin_actor = authenticate(request)
+            return await handler(request)
+
+        return authenticated
+
+
+def _actor(request: Request) -> str:
+    actor: str = request.state.admin_actor
+    return actor
+
+
+Actor = Annotated[str, Depends(_actor)]
 Admin = Annotated[AdminService, Depends(_admin)]
-router = APIRouter(tags=["admin"], dependencies=[Depends(require_token)])
+router = APIRouter(tags=["admin"], route_class=_AuthenticatedRoute)
 
 
 @router.get("/adapters", response_model=RegistryListing)
