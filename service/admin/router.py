@@ -81,7 +81,7 @@ async def list_adapters(admin: Admin) -> RegistryListing:
 @router.post("/adapters", response_model=RegisterResponse, status_code=201)
 async def register(body: RegisterRequest, admin: Admin, actor: Actor) -> RegisterResponse:
     """Register a folder under the adapter root; with `alias`, load it and point the alias."""
-    record = await admin.register_path(actor, body.path, body.name, body.description)
+    record = await admin.register_path(actor, body.path, body.name, body.description, body.alias)
     alias = await admin.set_alias(actor, body.alias, record.ref) if body.alias else None
     return RegisterResponse(adapter=record, alias=alias)
 
@@ -97,18 +97,24 @@ async def upload(
     alias: Annotated[str | None, Query()] = None,
 ) -> RegisterResponse:
     """Register an adapter sent as the body: a zip or tar(.gz) of the PEFT folder."""
+    await admin.check_names(actor, name, alias)
     limit = state.settings.admin.max_upload_bytes
     scratch = state.registry.root / ".uploads"
     await asyncio.to_thread(scratch.mkdir, parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=scratch, suffix=".upload") as spool:
         received = 0
-        async for piece in request.stream():
-            received += len(piece)
-            if received > limit:
-                raise TooLarge(limit)
-            spool.write(piece)
+        try:
+            async for piece in request.stream():
+                received += len(piece)
+                if received > limit:
+                    raise TooLarge(limit)
+                spool.write(piece)
+        except TooLarge as exc:
+            await admin.refused(actor, "upload", name, str(exc.detail))
+            raise
         spool.flush()
         if not received:
+            await admin.refused(actor, "upload", name, "empty body")
             raise HTTPException(400, "the body is empty; send the adapter as a zip or tar.gz")
         record = await admin.register_archive(
             actor, Path(spool.name), name, description, state.settings.adapters.max_adapter_bytes

@@ -23,7 +23,9 @@ class RegisterRequest(_Strict):
 
 
 class AliasRequest(_Strict):
-    target: str = Field(description="a version ref, name@version")
+    target: str = Field(
+        description="a version ref (name@version), or another alias (its current target)"
+    )
 
 
 class RegistryListing(BaseModel):

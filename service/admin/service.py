@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from adapters.archive import extract_archive, resolve_under
 from adapters.audit import AuditLog
-from adapters.registry import AdapterRecord, AliasRecord, Registry
+from adapters.registry import AdapterRecord, AliasRecord, Registry, check_name
 from ragtune.errors import InvalidInput, RagtuneError
 from service.admin.schemas import BackendStatus, RegistryListing, Status
 from service.hotswap.manager import AdapterManager
@@ -39,6 +39,18 @@ class AdminService:
         await asyncio.to_thread(self.audit.append, actor, action, target, "ok")
         return result
 
+    async def refused(self, actor: str, action: str, target: str, detail: str) -> None:
+        """Record a request refused before it reached an operation (an oversized upload)."""
+        await asyncio.to_thread(self.audit.append, actor, action, target, "refused", detail)
+
+    async def check_names(self, actor: str, name: str, alias: str | None) -> None:
+        """Refuse (and record) a bad name or alias before an upload's body is read."""
+        try:
+            _check_names(name, alias)
+        except InvalidInput as exc:
+            await self.refused(actor, "upload", name, str(exc))
+            raise
+
     async def listing(self) -> RegistryListing:
         state = await asyncio.to_thread(self.registry.snapshot)
         return RegistryListing(
@@ -46,9 +58,13 @@ class AdminService:
         )
 
     async def register_path(
-        self, actor: str, path: str, name: str, description: str
+        self, actor: str, path: str, name: str, description: str, alias: str | None = None
     ) -> AdapterRecord:
+        """Validate and store a folder under the adapter root; `alias` is only checked here
+        (pointed by the caller once this returns), so a bad one stores nothing."""
+
         async def op() -> AdapterRecord:
+            _check_names(name, alias)
             folder = resolve_under(self.registry.root, path)
             if not folder.is_dir():
                 raise InvalidInput(f"{path!r} is not a folder under the adapter root")
@@ -77,9 +93,15 @@ class AdminService:
         return scratch
 
     async def set_alias(self, actor: str, alias: str, target: str) -> AliasRecord:
-        return await self._audited(
-            actor, "alias", f"{alias} -> {target}", lambda: self.manager.set_alias(alias, target)
-        )
+        """Point `alias` at `target` (a ref, or another alias: its current target, as the CLI
+        does); the alias name is checked before anything is loaded."""
+
+        async def op() -> AliasRecord:
+            check_name(alias, "alias")
+            record = await asyncio.to_thread(self.registry.resolve, target)
+            return await self.manager.set_alias(alias, record.ref)
+
+        return await self._audited(actor, "alias", f"{alias} -> {target}", op)
 
     async def rollback(self, actor: str, alias: str) -> AliasRecord:
         return await self._audited(actor, "rollback", alias, lambda: self.manager.rollback(alias))
@@ -91,7 +113,18 @@ class AdminService:
         await self._audited(actor, "unload", ref, lambda: self.manager.unload(ref))
 
     async def delete(self, actor: str, ref: str) -> None:
+        """Delete a version no alias uses and no backend holds."""
+
         async def op() -> None:
+            # Aliases first: an aliased version is loaded too, but unloading it is refused,
+            # so "unload it first" would send the caller in a circle.
+            aliases = await asyncio.to_thread(self.registry.aliases)
+            users = sorted(a.alias for a in aliases.values() if ref in (a.target, a.previous))
+            if users:
+                raise InvalidInput(
+                    f"{ref} is still used by alias {', '.join(users)} (as its target or its "
+                    f"rollback target); point the alias at another version first"
+                )
             if ref in self.manager.loaded():
                 raise InvalidInput(f"{ref} is loaded; unload it first")
             await asyncio.to_thread(self.registry.delete, ref)
@@ -124,3 +157,9 @@ class AdminService:
             backends=backends,
             drift=drift,
         )
+
+
+def _check_names(name: str, alias: str | None) -> None:
+    check_name(name)
+    if alias is not None:
+        check_name(alias, "alias")
