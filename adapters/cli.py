@@ -19,7 +19,7 @@ from adapters.registry import Registry
 from adapters.remote_cli import add_remote_commands
 from adapters.train import TrainOptions
 from adapters.validate import ModelSpec
-from ragtune.errors import RagtuneError
+from ragtune.errors import InvalidInput, RagtuneError
 from ragtune.settings import Settings
 from service.llm.model import resolve_base_model
 
@@ -77,7 +77,15 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "eval-format", help="JSON-format validity and accuracy: base vs few-shot vs adapter"
     )
     e.add_argument("--base", help=_BASE_HELP)
-    e.add_argument("--adapter", type=Path, help="adapter folder to compare with the base")
+    e.add_argument(
+        "--adapter",
+        help="adapter to compare with the base: a folder, or a registered name@version or alias",
+    )
+    e.add_argument(
+        "--attach",
+        action="store_true",
+        help="store the scores in the registered version's record (evals)",
+    )
     e.add_argument("--data", type=Path, required=True, help="chat JSONL with gold JSON answers")
     e.add_argument("--few-shot", type=int, default=0, help="also score base with N examples")
     e.add_argument("--shots", type=Path, help="take few-shot examples from this JSONL file")
@@ -179,11 +187,20 @@ def run_eval_format(args: argparse.Namespace, settings: Settings) -> int:
     from adapters.eval_format import evaluate_format, format_table
 
     base = args.base or resolve_base_model(settings)
+    adapter: Path | None = None
+    ref: str | None = None
+    if args.adapter is not None:
+        adapter = Path(args.adapter)
+        if not adapter.is_dir():
+            record = _registry(settings).resolve(args.adapter)
+            ref, adapter = record.ref, _registry(settings).path(record.ref)
+    if args.attach and ref is None:
+        raise InvalidInput("--attach needs --adapter to name a registered version or alias")
     scores = evaluate_format(
         base,
         args.data,
         settings.llm,
-        adapter=args.adapter,
+        adapter=adapter,
         few_shot=args.few_shot,
         shots_from=args.shots,
         max_tokens=args.max_tokens,
@@ -193,6 +210,14 @@ def run_eval_format(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps([dataclasses.asdict(s) for s in scores], indent=2))
     else:
         print(format_table(scores))
+    if args.attach and ref is not None:
+        results = {
+            "data": str(args.data),
+            "few_shot": args.few_shot,
+            "scores": [dataclasses.asdict(s) for s in scores],
+        }
+        _registry(settings).attach_eval(ref, f"format:{args.data.stem}", results)
+        print(f"scores attached to {ref} (ragtune adapters list --json shows them)")
     return 0
 
 

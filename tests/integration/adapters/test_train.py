@@ -153,3 +153,30 @@ def test_cli_makes_the_reviews_dataset(tmp_path: Path, capsys: pytest.CaptureFix
     assert len(train_lines) == 16
     assert len(eval_lines) == 8
     assert not set(train_lines) & set(eval_lines)
+
+
+def test_eval_scores_are_attached_to_the_registered_version(
+    tiny_model: TinyModel,
+    trained: TrainReport,
+    data: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("RAGTUNE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RAGTUNE_LLM__MODEL", str(tiny_model.path))
+    register = ["adapters", "register", str(trained.out), "--name", "tone", "--alias", "tone"]
+    assert main(register) == 0
+    capsys.readouterr()
+    assert (
+        main(["adapters", "eval-format", "--adapter", "tone", "--data", str(data), "--attach"]) == 0
+    )
+    assert "scores attached to tone@" in capsys.readouterr().out
+    assert main(["adapters", "list", "--json"]) == 0
+    (record,) = json.loads(capsys.readouterr().out)
+    evals = record["evals"]["format:train"]
+    assert [s["name"] for s in evals["scores"]] == ["base", "adapter"]
+    assert evals["scores"][1]["valid"] == 1.0
+    # Without a registered version there is nothing to attach to.
+    folder = ["adapters", "eval-format", "--adapter", str(trained.out), "--data", str(data)]
+    assert main([*folder, "--attach"]) == 2
