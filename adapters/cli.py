@@ -19,7 +19,7 @@ from adapters.registry import Registry
 from adapters.remote_cli import add_remote_commands
 from adapters.train import TrainOptions
 from adapters.validate import ModelSpec
-from ragtune.errors import InvalidInput, RagtuneError
+from ragtune.errors import InvalidInput, NotFound, RagtuneError
 from ragtune.settings import Settings
 from service.llm.model import resolve_base_model
 
@@ -245,8 +245,11 @@ def _audited(settings: Settings, action: str, target: str) -> Iterator[dict[str,
     outcome = {"detail": ""}
     try:
         yield outcome
+    except (InvalidInput, NotFound) as exc:
+        log.append(_actor(), action, target, "refused", str(exc))
+        raise
     except RagtuneError as exc:
-        log.append(_actor(), action, target, "error", str(exc))
+        log.append(_actor(), action, target, "failed", str(exc))
         raise
     log.append(_actor(), action, target, "ok", outcome["detail"])
 

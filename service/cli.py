@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import socket
 from pathlib import Path
@@ -40,10 +41,9 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     app = create_app(settings)  # a bad routes file stops here, with the route and field named
     config = uvicorn.Config(app, host=api.host, port=api.port, log_level=args.log_level)
     server = _server_class()(config, banner=banner(settings))
-    try:
+    # uvicorn re-raises the Ctrl-C it has already handled by shutting down cleanly.
+    with contextlib.suppress(KeyboardInterrupt):
         server.run()
-    except KeyboardInterrupt:
-        pass  # uvicorn re-raises the Ctrl-C it already handled by shutting down cleanly
     return 0 if server.started else 1
 
 

@@ -30,6 +30,8 @@ _MAPPING: list[tuple[type[RagtuneError], int, str]] = [
     (UpstreamUnavailable, 503, "service_unavailable_error"),
     (MissingDependency, 503, "service_unavailable_error"),
 ]
+# Where FastAPI found a field; the caller knows the field by its name alone.
+_LOCATIONS = {"body", "query", "path", "header"}
 _HTTP_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -79,7 +81,7 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        loc = [str(p) for p in first.get("loc", ()) if p not in _LOCATIONS]
         param = ".".join(loc) or None
         message = "; ".join(_one(e) for e in errors[:5])
         if len(errors) > 5:
@@ -101,7 +103,7 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
 
 
 def _one(error: Any) -> str:
-    loc = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+    loc = ".".join(str(p) for p in error.get("loc", ()) if p not in _LOCATIONS)
     message = str(error.get("msg", "is invalid"))
     if error.get("type") == "json_invalid":
         return f"the body is not valid JSON ({error.get('ctx', {}).get('error', message)})"

@@ -28,7 +28,7 @@ from service.limits import TooLarge
 
 
 def _admin(state: StateDep) -> AdminService:
-    return AdminService(state.registry, state.adapters, state.audit)
+    return AdminService(state.registry, state.adapters, state.audit, state.routes)
 
 
 def authenticate(request: Request) -> str:
@@ -142,6 +142,12 @@ async def unload(ref: str, admin: Admin, actor: Actor) -> None:
 async def set_alias(alias: str, body: AliasRequest, admin: Admin, actor: Actor) -> AliasRecord:
     """Load the target on every backend, flip the alias, drain and unload the old version."""
     return await admin.set_alias(actor, alias, body.target)
+
+
+@router.delete("/aliases/{alias}", status_code=204)
+async def remove_alias(alias: str, admin: Admin, actor: Actor) -> None:
+    """Forget an alias no route serves; the version it pointed at is unloaded once drained."""
+    await admin.remove_alias(actor, alias)
 
 
 @router.post("/aliases/{alias}/rollback", response_model=AliasRecord)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -15,15 +15,23 @@ from adapters.registry import AdapterRecord, AliasRecord, Registry, check_name
 from ragtune.errors import InvalidInput, RagtuneError
 from service.admin.schemas import BackendStatus, RegistryListing, Status
 from service.hotswap.manager import AdapterManager
+from service.routes.schemas import RouteSpec
 
 T = TypeVar("T")
 
 
 class AdminService:
-    def __init__(self, registry: Registry, manager: AdapterManager, audit: AuditLog) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        manager: AdapterManager,
+        audit: AuditLog,
+        routes: Mapping[str, RouteSpec],
+    ) -> None:
         self.registry = registry
         self.manager = manager
         self.audit = audit
+        self.routes = routes
 
     async def _audited(
         self, actor: str, action: str, target: str, op: Callable[[], Awaitable[T]]
@@ -102,6 +110,23 @@ class AdminService:
             return await self.manager.set_alias(alias, record.ref)
 
         return await self._audited(actor, "alias", f"{alias} -> {target}", op)
+
+    async def remove_alias(self, actor: str, alias: str) -> None:
+        async def op() -> None:
+            users = sorted(
+                name
+                for name, spec in self.routes.items()
+                if alias == spec.adapter or alias in spec.overrides.adapters
+            )
+            if users:
+                raise InvalidInput(
+                    f"alias {alias!r} is used by route {', '.join(map(repr, users))}; take it "
+                    f"out of the routes file first"
+                )
+            await asyncio.to_thread(self.registry.remove_alias, alias)
+            await self.manager.sync()  # retires the version it pointed at
+
+        await self._audited(actor, "unalias", alias, op)
 
     async def rollback(self, actor: str, alias: str) -> AliasRecord:
         return await self._audited(actor, "rollback", alias, lambda: self.manager.rollback(alias))

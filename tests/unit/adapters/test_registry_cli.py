@@ -66,9 +66,9 @@ def test_cli_register_alias_rollback_list_delete(
         ("alias", "ok"),
         ("alias", "ok"),
         ("rollback", "ok"),
-        ("delete", "error"),
-        ("rollback", "error"),
-        ("register", "error"),
+        ("delete", "refused"),
+        ("rollback", "refused"),
+        ("register", "refused"),
         ("unalias", "ok"),
         ("delete", "ok"),
     ]

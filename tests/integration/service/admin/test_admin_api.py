@@ -418,3 +418,26 @@ def test_cli_flips_are_followed_by_the_running_app(
     response = admin_api.client.post("/v1/chat", json=ask)
     assert "adapter alias 'cli-tone' is not in the registry" in error_message(response)
     eventually(lambda: old not in loaded(admin_api), f"unloading {old}")
+
+
+def test_remove_an_alias_no_route_uses(admin_api: AdminApi) -> None:
+    ref, _ = two_versions(admin_api, "gone")
+    alias = admin_api.unique("gone-alias")
+    point(admin_api, alias, ref)
+    response = admin_api.client.delete(f"/admin/aliases/{alias}", headers=H)
+    assert response.status_code == 204, response.text
+    assert alias not in status(admin_api)["active"]
+    assert alias not in admin_api.client.get("/admin/adapters", headers=H).json()["aliases"]
+    again = admin_api.client.delete(f"/admin/aliases/{alias}", headers=H)
+    assert again.status_code == 404
+    # The version it served is retired once drained, then it can be deleted.
+    deadline = time.monotonic() + 10
+    while ref in status(admin_api)["backends"][0]["loaded"]:
+        assert time.monotonic() < deadline, "the unaliased version was never unloaded"
+        time.sleep(0.1)
+
+
+def test_an_alias_a_route_serves_cannot_be_removed(admin_api: AdminApi) -> None:
+    response = admin_api.client.delete("/admin/aliases/tone", headers=H)
+    assert response.status_code == 422
+    assert "used by route 'tone'" in error_message(response)
