@@ -127,7 +127,9 @@ class Registry:
     def register(self, source: Path, name: str, description: str = "") -> AdapterRecord:
         """Validate and store an adapter folder; the same content again returns its record."""
         check_name(name)
-        validate_adapter(source, self.model, max_rank=self.max_rank, max_bytes=self.max_bytes)
+        validate_adapter(
+            source, self.model, max_rank=self.max_rank, max_bytes=self.max_bytes, name=name
+        )
         staging = self._staging()
         try:
             # Named after the adapter, so validation messages use its name.

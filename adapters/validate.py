@@ -109,13 +109,19 @@ def _module_shapes(config: dict[str, Any], source: Path) -> dict[str, tuple[int,
 
 
 def validate_adapter(
-    path: Path, model: ModelSpec | None, *, max_rank: int, max_bytes: int
+    path: Path,
+    model: ModelSpec | None,
+    *,
+    max_rank: int,
+    max_bytes: int,
+    name: str | None = None,
 ) -> LoraInfo:
     """Refuse an adapter folder that could not be served on `model`; return its config.
 
-    With `model` None the base-model name and tensor shapes are not checked.
+    With `model` None the base-model name and tensor shapes are not checked. Messages call
+    the adapter `name` (default: the folder's name).
     """
-    name = path.name
+    name = name or path.name
     _check_files(path, max_bytes)
     info = read_lora_config(path)
     check_servable(info, name, max_rank)
