@@ -81,7 +81,7 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        loc = [str(p) for p in first.get("loc", ()) if p not in _LOCATIONS]
+        loc = _field(first)
         param = ".".join(loc) or None
         message = "; ".join(_one(e) for e in errors[:5])
         if len(errors) > 5:
@@ -103,7 +103,7 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
 
 
 def _one(error: Any) -> str:
-    loc = ".".join(str(p) for p in error.get("loc", ()) if p not in _LOCATIONS)
+    loc = ".".join(_field(error))
     message = str(error.get("msg", "is invalid"))
     if error.get("type") == "json_invalid":
         return f"the body is not valid JSON ({error.get('ctx', {}).get('error', message)})"
@@ -112,3 +112,9 @@ def _one(error: Any) -> str:
     if error.get("type") == "extra_forbidden":
         return f"{loc}: unknown field"
     return f"{loc}: {message}" if loc else message
+
+
+def _field(error: Any) -> list[str]:
+    """The field's path without FastAPI's leading location (body, query, path, header)."""
+    loc = [str(p) for p in error.get("loc", ())]
+    return loc[1:] if loc and loc[0] in _LOCATIONS else loc
