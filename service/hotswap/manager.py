@@ -140,7 +140,7 @@ class AdapterManager:
         async with self._lock:
             await self._ensure_loaded(ref)
             record = await asyncio.to_thread(self.registry.set_alias, alias, ref)
-            self._switch(alias, record.target)
+            await self._switch(alias, record.target)
             return record
 
     async def rollback(self, alias: str) -> AliasRecord:
@@ -153,7 +153,7 @@ class AdapterManager:
                 raise InvalidInput(f"alias {alias!r} has no previous version to roll back to")
             await self._ensure_loaded(current.previous)
             record = await asyncio.to_thread(self.registry.rollback, alias)
-            self._switch(alias, record.target)
+            await self._switch(alias, record.target)
             return record
 
     async def load(self, ref: str) -> None:
@@ -187,19 +187,22 @@ class AdapterManager:
                 for alias, record in state.aliases.items():
                     if self._active.get(alias) != record.target:
                         await self._ensure_loaded(record.target)
-                        self._switch(alias, record.target)
+                        await self._switch(alias, record.target)
                 for alias in set(self._active) - set(state.aliases):
                     old = self._active.pop(alias)
                     self._retire(old)
                 self._revision = state.revision
             await self._reconcile()
 
-    def _switch(self, alias: str, ref: str) -> None:
+    async def _switch(self, alias: str, ref: str) -> None:
         old = self._active.get(alias)
         self._active[alias] = ref
         if old is not None and old != ref:
             log.info("alias %s: %s -> %s", alias, old, ref)
             self._retire(old)
+        # A drain waiting on `ref` (flipped away, now back) has nothing left to do.
+        async with self._idle:
+            self._idle.notify_all()
 
     async def _ensure_loaded(self, ref: str) -> None:
         if ref in self._loaded:
@@ -214,11 +217,13 @@ class AdapterManager:
         task.add_done_callback(self._retiring.discard)
 
     async def _drain_and_unload(self, ref: str) -> None:
+        def drained_or_back() -> bool:
+            # Under steady traffic an alias flipped back to `ref` never drains: stop waiting.
+            return not self._inflight[ref] or ref in self._active.values()
+
         async with self._idle:
             try:
-                await asyncio.wait_for(
-                    self._idle.wait_for(lambda: not self._inflight[ref]), self._drain_timeout
-                )
+                await asyncio.wait_for(self._idle.wait_for(drained_or_back), self._drain_timeout)
             except TimeoutError:
                 log.warning(
                     "%s still has %d requests running after %.0f s; it stays loaded and is "
@@ -233,8 +238,13 @@ class AdapterManager:
                 return  # flipped back to it meanwhile
             if ref in self._loaded:
                 self._loaded.discard(ref)
-                with contextlib.suppress(NotFound):
+                try:
                     await self.pool.unload_adapter(ref)
+                except NotFound:
+                    pass  # a replica that restarted meanwhile no longer holds it
+                except RagtuneError as exc:
+                    # Nothing routes to it any more; status lists it as extra where it stayed.
+                    log.warning("%s could not be unloaded everywhere: %s", ref, exc)
 
     async def _reconcile(self) -> None:
         """Bring every backend to the adapters in `_loaded`; rejoin recovered members."""
