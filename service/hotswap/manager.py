@@ -60,8 +60,12 @@ class AdapterManager:
         self._lock = asyncio.Lock()
         self._revision: int | None = None
         self._retiring: set[asyncio.Task[None]] = set()
+        self._restoring: dict[tuple[int, str], asyncio.Task[bool]] = {}
         self._loop: asyncio.Task[None] | None = None
         self.members: list[MemberStatus] = []
+        # A replica that restarted between two syncs answers NotFound for the adapters it
+        # lost: the pool asks here to load the version on it and retries the request there.
+        pool.restore = self._restore
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -75,7 +79,8 @@ class AdapterManager:
         self._loop = asyncio.create_task(self._run(), name="adapter-sync")
 
     async def stop(self) -> None:
-        tasks = [t for t in [self._loop, *self._retiring] if t is not None]
+        pending = [self._loop, *self._retiring, *self._restoring.values()]
+        tasks = [t for t in pending if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -245,6 +250,30 @@ class AdapterManager:
                 except RagtuneError as exc:
                     # Nothing routes to it any more; status lists it as extra where it stayed.
                     log.warning("%s could not be unloaded everywhere: %s", ref, exc)
+
+    async def _restore(self, index: int, ref: str) -> bool:
+        """Load `ref` on pool member `index`, which answered NotFound for it; False when this
+        manager does not serve `ref` (the NotFound stands)."""
+        if ref not in self._loaded and not self._inflight[ref]:
+            return False
+        key = (index, ref)
+        task = self._restoring.get(key)
+        if task is None:
+            # One load per member and version, however many requests found it missing.
+            task = asyncio.create_task(self._load_on(index, ref), name=f"restore {ref}")
+            self._restoring[key] = task
+            task.add_done_callback(lambda _: self._restoring.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _load_on(self, index: int, ref: str) -> bool:
+        member = self.pool.members[index]
+        log.warning("backend %d (%s) lost %s; loading it again", index, member.name, ref)
+        try:
+            await member.load_adapter(ref, await asyncio.to_thread(self.registry.path, ref))
+        except RagtuneError as exc:
+            log.warning("could not load %s again on backend %d: %s", ref, index, exc)
+            return False
+        return True
 
     async def _reconcile(self) -> None:
         """Bring every backend to the adapters in `_loaded`; rejoin recovered members."""

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 
 from ragtune.errors import NotFound, UpstreamUnavailable
@@ -18,9 +19,18 @@ from service.llm.types import Completion, GenerationRequest, StreamDelta
 log = logging.getLogger(__name__)
 
 
+# Loads an adapter again on the member (by index) that answered NotFound for it; True if it did.
+Restore = Callable[[int, str], Awaitable[bool]]
+
+
 class BackendPool:
     """Sends each request to the least busy member in rotation; a member that fails before
-    answering (down, or restarted without the adapter) is skipped and the next one tried."""
+    answering (down, or restarted without the adapter) is skipped and the next one tried.
+
+    A member that lost an adapter the `restore` hook (set by the adapter manager) still
+    serves gets it loaded again and the request retried there once, so a single replica that
+    restarted between two reconciliations does not turn requests into 404s.
+    """
 
     def __init__(self, members: Sequence[Backend]) -> None:
         if not members:
@@ -29,18 +39,20 @@ class BackendPool:
         self.up = [True] * len(self.members)
         self._why: list[str] = [""] * len(self.members)
         self._busy = [0] * len(self.members)
+        self.restore: Restore | None = None
         first = members[0].name
         self.name = first if len(members) == 1 else f"{first} x{len(members)}"
 
     def mark_down(self, index: int, reason: object) -> None:
         if self.up[index]:
-            log.warning("backend %d (%s) taken out of rotation: %s", index, self.name, reason)
+            name = self.members[index].name
+            log.warning("backend %d (%s) taken out of rotation: %s", index, name, reason)
         self.up[index] = False
         self._why[index] = str(reason)
 
     def mark_up(self, index: int) -> None:
         if not self.up[index]:
-            log.info("backend %d (%s) back in rotation", index, self.name)
+            log.info("backend %d (%s) back in rotation", index, self.members[index].name)
         self.up[index] = True
 
     def _order(self) -> list[int]:
@@ -58,7 +70,7 @@ class BackendPool:
         for index in self._order():
             self._busy[index] += 1
             try:
-                return await self.members[index].generate(request)
+                return await self._generate_on(index, request)
             except UpstreamUnavailable as exc:
                 self.mark_down(index, exc)
                 error = exc
@@ -77,9 +89,10 @@ class BackendPool:
             started = False
             self._busy[index] += 1
             try:
-                async for delta in self.members[index].stream(request):
-                    started = True
-                    yield delta
+                async with aclosing(self._stream_on(index, request)) as deltas:
+                    async for delta in deltas:
+                        started = True
+                        yield delta
                 return
             except UpstreamUnavailable as exc:
                 if started:
@@ -94,6 +107,38 @@ class BackendPool:
                 self._busy[index] -= 1
         assert error is not None
         raise error
+
+    async def _generate_on(self, index: int, request: GenerationRequest) -> Completion:
+        member = self.members[index]
+        try:
+            return await member.generate(request)
+        except NotFound:
+            if not await self._restored(index, request):
+                raise
+        return await member.generate(request)
+
+    async def _stream_on(
+        self, index: int, request: GenerationRequest
+    ) -> AsyncGenerator[StreamDelta, None]:
+        member = self.members[index]
+        started = False
+        try:
+            async with _closing(member.stream(request)) as deltas:
+                async for delta in deltas:
+                    started = True
+                    yield delta
+            return
+        except NotFound:
+            if started or not await self._restored(index, request):
+                raise
+        async with _closing(member.stream(request)) as deltas:
+            async for delta in deltas:
+                yield delta
+
+    async def _restored(self, index: int, request: GenerationRequest) -> bool:
+        if request.adapter is None or self.restore is None:
+            return False
+        return await self.restore(index, request.adapter)
 
     async def load_adapter(self, name: str, path: Path) -> None:
         """Load on every member in rotation; a member that does not answer leaves rotation."""
@@ -136,3 +181,15 @@ class BackendPool:
 
     async def aclose(self) -> None:
         await asyncio.gather(*(m.aclose() for m in self.members), return_exceptions=True)
+
+
+@asynccontextmanager
+async def _closing(deltas: AsyncIterator[StreamDelta]) -> AsyncIterator[AsyncIterator[StreamDelta]]:
+    """`deltas`, closed in this task when the caller stops early (a client that went away),
+    so an engine's HTTP stream is not left for the garbage collector to close elsewhere."""
+    try:
+        yield deltas
+    finally:
+        aclose = getattr(deltas, "aclose", None)
+        if aclose is not None:
+            await aclose()
