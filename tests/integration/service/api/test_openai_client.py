@@ -92,8 +92,9 @@ def server(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> I
         process.wait(timeout=30)
 
 
+# Not `client`: that name is the package conftest's in-process TestClient.
 @pytest.fixture(scope="module")
-def client(server: Server) -> Iterator[OpenAI]:
+def openai_client(server: Server) -> Iterator[OpenAI]:
     with OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0) as client:
         yield client
 
@@ -120,15 +121,15 @@ def test_banner_shows_the_url_and_examples(server: Server) -> None:
     assert f'base_url="{server.url}/v1"' in stdout
 
 
-def test_models_lists_the_chat_routes(client: OpenAI) -> None:
-    ids = {model.id for model in client.models.list()}
+def test_models_lists_the_chat_routes(openai_client: OpenAI) -> None:
+    ids = {model.id for model in openai_client.models.list()}
     assert "chat" in ids
     assert "chat-plain" in ids
     assert "summarize" not in ids  # a summarize route cannot answer chat completions
 
 
-def test_completion_has_content_usage_and_sources(client: OpenAI) -> None:
-    response = ask(client)
+def test_completion_has_content_usage_and_sources(openai_client: OpenAI) -> None:
+    response = ask(openai_client)
     assert response.model == "chat"
     [choice] = response.choices
     assert choice.message.role == "assistant"
@@ -147,9 +148,9 @@ def test_completion_has_content_usage_and_sources(client: OpenAI) -> None:
     assert [s["number"] for s in sources] == list(range(1, len(sources) + 1))
 
 
-def test_stream_matches_the_completion(client: OpenAI) -> None:
-    whole = ask(client)
-    stream = ask(client, stream=True, stream_options={"include_usage": True})
+def test_stream_matches_the_completion(openai_client: OpenAI) -> None:
+    whole = ask(openai_client)
+    stream = ask(openai_client, stream=True, stream_options={"include_usage": True})
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
@@ -166,20 +167,20 @@ def test_stream_matches_the_completion(client: OpenAI) -> None:
     assert all(c.usage is None for c in chunks[:-1])
 
 
-def test_unknown_model_is_not_found(client: OpenAI) -> None:
+def test_unknown_model_is_not_found(openai_client: OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
-        client.chat.completions.create(
+        openai_client.chat.completions.create(
             model="no-such-route", messages=[{"role": "user", "content": QUESTION}]
         )
     assert "no-such-route" in str(caught.value)
 
 
-def test_filters_in_extra_body_limit_the_sources(client: OpenAI) -> None:
-    unfiltered = ask(client, extra_body={"top_k": 10})
+def test_filters_in_extra_body_limit_the_sources(openai_client: OpenAI) -> None:
+    unfiltered = ask(openai_client, extra_body={"top_k": 10})
     assert unfiltered.model_extra is not None
     every = {s["source"] for s in unfiltered.model_extra["ragtune"]["sources"]}
     assert any(not s.endswith(".md") for s in every)  # else the filter would prove nothing
-    response = ask(client, extra_body={"filters": {"file_type": "md"}, "top_k": 10})
+    response = ask(openai_client, extra_body={"filters": {"file_type": "md"}, "top_k": 10})
     assert response.model_extra is not None
     sources = response.model_extra["ragtune"]["sources"]
     assert sources
