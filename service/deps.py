@@ -1,4 +1,7 @@
-"""Small accessors for what the lifespan built, as `Annotated` dependencies."""
+"""Small accessors for what the lifespan built, as `Annotated` dependencies.
+
+Async on purpose: FastAPI runs plain `def` dependencies in its thread pool, a thread hop per
+request for a dictionary lookup."""
 
 from __future__ import annotations
 
@@ -11,17 +14,24 @@ from service.state import AppState
 from service.summarize.service import SummarizeService
 
 
-def get_state(request: Request) -> AppState:
+def state_of(request: Request) -> AppState:
+    """What the lifespan built, from a request (for code that is not a dependency)."""
     state: AppState = request.state.services
     return state
 
 
-def get_chat(request: Request) -> ChatService:
-    return get_state(request).chat
+async def get_state(request: Request) -> AppState:
+    return state_of(request)
 
 
-def get_summarize(request: Request) -> SummarizeService:
-    return get_state(request).summarize
+async def get_chat(request: Request) -> ChatService:
+    state: AppState = request.state.services
+    return state.chat
+
+
+async def get_summarize(request: Request) -> SummarizeService:
+    state: AppState = request.state.services
+    return state.summarize
 
 
 StateDep = Annotated[AppState, Depends(get_state)]

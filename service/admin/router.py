@@ -23,17 +23,17 @@ from service.admin.schemas import (
     Status,
 )
 from service.admin.service import AdminService
-from service.deps import StateDep, get_state
+from service.deps import StateDep, state_of
 from service.limits import TooLarge
 
 
-def _admin(state: StateDep) -> AdminService:
+async def _admin(state: StateDep) -> AdminService:
     return AdminService(state.registry, state.adapters, state.audit, state.routes)
 
 
 def authenticate(request: Request) -> str:
     """The caller's audit name if it sent the admin bearer token: 401 without one, 403 wrong."""
-    token = get_state(request).settings.admin.token
+    token = state_of(request).settings.admin.token
     if token is None:  # the router is not mounted without a token; belt and braces
         raise HTTPException(403, "the admin API is off: set RAGTUNE_ADMIN__TOKEN")
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
