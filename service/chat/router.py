@@ -17,6 +17,7 @@ from service.chat.schemas import (
 )
 from service.chat.service import ChatCall, ChatEvent, ChatResult, DeltaEvent, SourcesEvent
 from service.deps import ChatDep
+from service.errors import describe
 from service.sse import DONE, event, sse_response
 
 router = APIRouter(tags=["chat"])
@@ -74,6 +75,21 @@ def to_response(result: ChatResult) -> ChatResponse:
 
 
 async def _events(events: AsyncIterator[ChatEvent]) -> AsyncIterator[str]:
+    try:
+        async for chunk in _chat_events(events):
+            yield chunk
+    except Exception as exc:
+        # The status is already sent: the error is the stream's last event.
+        status, body = describe(exc)
+        yield event(
+            StreamEvent(type="error", error={**body["error"], "status": status}).model_dump(
+                exclude_none=True
+            )
+        )
+        yield DONE
+
+
+async def _chat_events(events: AsyncIterator[ChatEvent]) -> AsyncIterator[str]:
     async for item in events:
         out: StreamEvent
         if isinstance(item, SourcesEvent):

@@ -153,7 +153,10 @@ def test_backend_too_slow_gives_503(plain_settings: Settings) -> None:
         stream = client.post("/v1/chat", json=plain(stream=True))
         events = stream.text.strip().split("\n\n")
         assert '"type":"sources"' in events[0]
-        assert '"status":503' in events[-2]
+        error = json.loads(events[-2].removeprefix("data: "))
+        assert error["type"] == "error"
+        assert error["error"]["status"] == 503
+        assert "longer than 0.5 s" in error["error"]["message"]
         assert events[-1] == "data: [DONE]"
 
 
