@@ -100,8 +100,9 @@ class AdapterManager:
     async def check(self, alias: str | None) -> None:
         """Raise NotFound unless `alias` (None: the base model) can be served now."""
         if alias is not None and alias not in self._active:
-            # An alias made a moment ago by another process: look before refusing.
-            await self.sync()
+            # An alias made a moment ago by another process: look before refusing (the
+            # registry only; reconciling the backends is the loop's job, not a request's).
+            await self.sync(reconcile=False)
             if alias not in self._active:
                 raise NotFound(
                     f"adapter alias {alias!r} is not in the registry (aliases: "
@@ -184,7 +185,7 @@ class AdapterManager:
 
     # -- reconciliation -------------------------------------------------------------
 
-    async def sync(self) -> None:
+    async def sync(self, reconcile: bool = True) -> None:
         """Follow the registry (aliases flipped elsewhere) and reconcile every backend."""
         async with self._lock:
             state = await asyncio.to_thread(self.registry.snapshot)
@@ -197,7 +198,8 @@ class AdapterManager:
                     old = self._active.pop(alias)
                     self._retire(old)
                 self._revision = state.revision
-            await self._reconcile()
+            if reconcile:
+                await self._reconcile()
 
     async def _switch(self, alias: str, ref: str) -> None:
         old = self._active.get(alias)
