@@ -52,6 +52,13 @@ class TokenCounter:
             return math.ceil(len(text) / _CHARS_PER_TOKEN)
         return len(self._tokenizer.encode(text, add_special_tokens=False))
 
+    def count_many(self, texts: list[str]) -> list[int]:
+        """`count` of each text, in one batch (the tokenizer's Rust side does the loop)."""
+        if self._tokenizer is None or not texts:
+            return [self.count(t) for t in texts]
+        ids = self._tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [len(i) for i in ids]
+
     def truncate(self, text: str, max_tokens: int) -> str:
         """The longest prefix of `text` within `max_tokens`."""
         if max_tokens <= 0:

@@ -41,10 +41,12 @@ def pack_sources(hits: Sequence[Hit], counter: TokenCounter, budget: int) -> lis
     does not fit whole is cut if enough room is left, and packing stops there."""
     sources: list[Source] = []
     used = 0
-    for hit in hits:
-        source = Source(number=len(sources) + 1, hit=hit, text=hit.text)
+    candidates = [Source(number=n, hit=hit, text=hit.text) for n, hit in enumerate(hits, 1)]
+    costs = counter.count_many([c.render() for c in candidates])
+    for source, rendered in zip(candidates, costs, strict=True):
+        hit = source.hit
         # Two newlines separate sources in the prompt.
-        cost = counter.count(source.render()) + 2
+        cost = rendered + 2
         if used + cost <= budget:
             sources.append(source)
             used += cost
