@@ -10,9 +10,9 @@ from fastapi import APIRouter, Request
 from service.chat.schemas import (
     ChatRequest,
     ChatResponse,
-    Citations,
     StreamEvent,
     UsageOut,
+    citations_out,
     sources_out,
 )
 from service.chat.service import ChatCall, ChatEvent, ChatResult, DeltaEvent, SourcesEvent
@@ -48,19 +48,6 @@ def to_call(body: ChatRequest) -> ChatCall:
     )
 
 
-def citations_out(result: ChatResult) -> Citations:
-    return Citations(cited=sorted(result.citations.cited), removed=result.citations.removed)
-
-
-def usage_out(result: ChatResult) -> UsageOut:
-    u = result.usage
-    return UsageOut(
-        prompt_tokens=u.prompt_tokens,
-        completion_tokens=u.completion_tokens,
-        total_tokens=u.prompt_tokens + u.completion_tokens,
-    )
-
-
 def to_response(result: ChatResult) -> ChatResponse:
     return ChatResponse(
         route=result.route,
@@ -69,8 +56,8 @@ def to_response(result: ChatResult) -> ChatResponse:
         output=result.output,
         finish_reason=result.finish_reason,
         sources=sources_out(result.sources),
-        citations=citations_out(result),
-        usage=usage_out(result),
+        citations=citations_out(result.citations),
+        usage=UsageOut.of(result.usage),
     )
 
 
@@ -105,8 +92,8 @@ async def _chat_events(events: AsyncIterator[ChatEvent]) -> AsyncIterator[str]:
             out = StreamEvent(
                 type="done",
                 finish_reason=item.finish_reason,
-                citations=citations_out(item),
-                usage=usage_out(item),
+                citations=citations_out(item.citations),
+                usage=UsageOut.of(item.usage),
                 output=item.output,
             )
         yield event(out.model_dump(exclude_none=True))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ingest.search import Mode
-from service.llm.types import ChatMessage, FinishReason
+from service.llm.types import ChatMessage, FinishReason, Usage
+from service.rag.citations import CitationCheck
 from service.rag.context import Source
 
 FilterValue = str | int | bool
@@ -56,6 +57,14 @@ class UsageOut(BaseModel):
     completion_tokens: int
     total_tokens: int
 
+    @classmethod
+    def of(cls, usage: Usage) -> Self:
+        return cls(
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.prompt_tokens + usage.completion_tokens,
+        )
+
 
 class ChatResponse(BaseModel):
     route: str
@@ -98,3 +107,7 @@ def sources_out(sources: list[Source]) -> list[SourceOut]:
         )
         for s in sources
     ]
+
+
+def citations_out(check: CitationCheck) -> Citations:
+    return Citations(cited=sorted(check.cited), removed=check.removed)

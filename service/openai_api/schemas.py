@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ingest.search import Mode
+from service.chat.schemas import UsageOut
 
 
 class TextPart(BaseModel):
@@ -67,10 +68,8 @@ class Choice(BaseModel):
     logprobs: None = None
 
 
-class CompletionUsage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
+class CompletionUsage(UsageOut):
+    """OpenAI's usage object: the same three counts as ragtune's."""
 
 
 class RagtuneExtra(BaseModel):

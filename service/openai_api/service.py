@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ragtune.errors import InvalidInput
-from service.chat.schemas import sources_out
+from service.chat.schemas import citations_out, sources_out
 from service.chat.service import ChatCall, ChatResult, ChatService, DeltaEvent, SourcesEvent
 from service.llm.types import ChatMessage
 from service.openai_api.schemas import (
@@ -92,19 +92,6 @@ def _extra(result: ChatResult | SourcesEvent, citations: dict[str, Any]) -> Ragt
     )
 
 
-def _citations(result: ChatResult) -> dict[str, Any]:
-    return {"cited": sorted(result.citations.cited), "removed": result.citations.removed}
-
-
-def _usage(result: ChatResult) -> CompletionUsage:
-    u = result.usage
-    return CompletionUsage(
-        prompt_tokens=u.prompt_tokens,
-        completion_tokens=u.completion_tokens,
-        total_tokens=u.prompt_tokens + u.completion_tokens,
-    )
-
-
 def completion(result: ChatResult) -> ChatCompletion:
     return ChatCompletion(
         id=f"chatcmpl-{uuid.uuid4().hex}",
@@ -113,8 +100,8 @@ def completion(result: ChatResult) -> ChatCompletion:
         choices=[
             Choice(message=ResponseMessage(content=result.text), finish_reason=result.finish_reason)
         ],
-        usage=_usage(result),
-        ragtune=_extra(result, _citations(result)),
+        usage=CompletionUsage.of(result.usage),
+        ragtune=_extra(result, citations_out(result.citations).model_dump()),
     )
 
 
@@ -140,8 +127,10 @@ async def chunks(
         elif isinstance(item, DeltaEvent):
             yield chunk({"content": item.text})
         else:
-            extra = _extra(item, _citations(item)).model_dump()
+            extra = _extra(item, citations_out(item.citations).model_dump()).model_dump()
             yield chunk({}, item.finish_reason, ragtune=extra)
             if include_usage:
-                yield event({**base, "choices": [], "usage": _usage(item).model_dump()})
+                yield event(
+                    {**base, "choices": [], "usage": CompletionUsage.of(item.usage).model_dump()}
+                )
     yield DONE

@@ -28,7 +28,6 @@ async def summarize(
             sampling=sampling,
         )
     )
-    u = result.usage
     return SummarizeResponse(
         route=result.route,
         adapter=result.adapter,
@@ -42,9 +41,5 @@ async def summarize(
         input_tokens=result.input_tokens,
         pieces=result.pieces,
         reduce_rounds=result.reduce_rounds,
-        usage=UsageOut(
-            prompt_tokens=u.prompt_tokens,
-            completion_tokens=u.completion_tokens,
-            total_tokens=u.prompt_tokens + u.completion_tokens,
-        ),
+        usage=UsageOut.of(result.usage),
     )
