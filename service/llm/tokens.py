@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from typing import Any
 
 from ragtune.errors import RagtuneError
@@ -18,8 +19,12 @@ _CHARS_PER_TOKEN = 3.0
 class TokenCounter:
     """The base model's tokenizer when it is on disk; a character estimate otherwise."""
 
-    def __init__(self, tokenizer: Any | None) -> None:
+    def __init__(self, tokenizer: Any | None, cache_size: int = 8_192) -> None:
         self._tokenizer = tokenizer
+        # Counts of retrieved sources: the same chunks come back for many questions, and
+        # tokenizing them was most of the API's own time on a retrieval request.
+        self._cache: OrderedDict[str, int] = OrderedDict()
+        self._cache_size = cache_size
 
     @classmethod
     def for_settings(cls, settings: Settings) -> TokenCounter:
@@ -53,11 +58,23 @@ class TokenCounter:
         return len(self._tokenizer.encode(text, add_special_tokens=False))
 
     def count_many(self, texts: list[str]) -> list[int]:
-        """`count` of each text, in one batch (the tokenizer's Rust side does the loop)."""
+        """`count` of each text: remembered ones from a bounded cache, the others in one
+        tokenizer batch (its Rust side does the loop)."""
         if self._tokenizer is None or not texts:
             return [self.count(t) for t in texts]
-        ids = self._tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return [len(i) for i in ids]
+        cache = self._cache
+        missing = list(dict.fromkeys(t for t in texts if t not in cache))
+        if missing:
+            ids = self._tokenizer(missing, add_special_tokens=False)["input_ids"]
+            for text, tokens in zip(missing, ids, strict=True):
+                cache[text] = len(tokens)
+        counts = []
+        for text in texts:
+            cache.move_to_end(text)
+            counts.append(cache[text])
+        while len(cache) > self._cache_size:
+            cache.popitem(last=False)
+        return counts
 
     def truncate(self, text: str, max_tokens: int) -> str:
         """The longest prefix of `text` within `max_tokens`."""

@@ -51,3 +51,31 @@ def test_split_keeps_every_character_and_respects_the_limit(counter: TokenCounte
     pieces = counter.split(text, 100)
     assert "".join(pieces) == text
     assert all(counter.count(p.strip()) <= 100 for p in pieces)
+
+
+def test_count_many_matches_count_and_stays_bounded() -> None:
+    class Tokenizer:
+        """Whitespace tokens; counts how many texts it was asked to encode."""
+
+        encoded = 0
+
+        def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+            self.encoded += 1
+            return [0] * len(text.split())
+
+        def __call__(self, texts: list[str], add_special_tokens: bool = False) -> Any:
+            self.encoded += len(texts)
+            return {"input_ids": [[0] * len(t.split()) for t in texts]}
+
+    tokenizer = Tokenizer()
+    counter = TokenCounter(tokenizer, cache_size=3)
+    texts = ["a b", "c d e", "a b", "f"]
+    assert counter.count_many(texts) == [counter.count(t) for t in texts] == [2, 3, 2, 1]
+    before = tokenizer.encoded
+    assert counter.count_many(["c d e", "f"]) == [3, 1]
+    assert tokenizer.encoded == before  # both remembered
+    counter.count_many(["g h", "i"])  # two new ones push out the two least recent
+    assert len(counter._cache) == 3
+    before = tokenizer.encoded
+    counter.count_many(["a b"])
+    assert tokenizer.encoded == before + 1
