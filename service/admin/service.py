@@ -160,16 +160,7 @@ class AdminService:
         await self.manager.sync()
         state = await asyncio.to_thread(self.registry.snapshot)
         backends = [
-            BackendStatus(
-                index=m.index,
-                name=m.name,
-                up=m.up,
-                loaded=m.loaded,
-                missing=m.missing,
-                extra=m.extra,
-                error=m.error,
-            )
-            for m in self.manager.members
+            BackendStatus.model_validate(m, from_attributes=True) for m in self.manager.members
         ]
         registry = {alias: rec.target for alias, rec in state.aliases.items()}
         active = self.manager.active()

@@ -18,6 +18,7 @@ from service.chat.schemas import (
 from service.chat.service import ChatCall, ChatEvent, ChatResult, DeltaEvent, SourcesEvent
 from service.deps import ChatDep
 from service.errors import describe
+from service.routes.schemas import GENERATION_FIELDS
 from service.sse import DONE, event, sse_response
 
 router = APIRouter(tags=["chat"])
@@ -34,9 +35,7 @@ async def chat(body: ChatRequest, service: ChatDep, request: Request) -> Any:
 
 
 def to_call(body: ChatRequest) -> ChatCall:
-    sampling = {
-        name: getattr(body, name) for name in ("max_tokens", "temperature", "top_p", "stop", "seed")
-    }
+    sampling: dict[str, Any] = {name: getattr(body, name) for name in GENERATION_FIELDS}
     return ChatCall(
         route=body.route,
         messages=body.messages,

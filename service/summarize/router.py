@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 
 from service.chat.schemas import UsageOut
 from service.deps import SummarizeDep
+from service.routes.schemas import GENERATION_FIELDS
 from service.summarize.schemas import SummarizedDocument, SummarizeRequest, SummarizeResponse
 from service.summarize.service import SummarizeCall
 
@@ -17,7 +20,7 @@ async def summarize(
     body: SummarizeRequest, service: SummarizeDep, request: Request
 ) -> SummarizeResponse:
     request.state.route_label = body.route
-    sampling = {n: getattr(body, n) for n in ("max_tokens", "temperature", "top_p", "stop", "seed")}
+    sampling: dict[str, Any] = {name: getattr(body, name) for name in GENERATION_FIELDS}
     result = await service.summarize(
         SummarizeCall(
             route=body.route,
