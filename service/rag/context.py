@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ingest.search import Hit
-from service.llm.tokens import TokenCounter
+from service.llm.tokens import TokenCounter, cut_at
 
 # A source needs at least this many tokens of text to be worth including after a cut.
 _MIN_SOURCE_TOKENS = 32
@@ -38,24 +39,24 @@ class Source:
 
 def pack_sources(hits: Sequence[Hit], counter: TokenCounter, budget: int) -> list[Source]:
     """The best hits, in rank order, that fit in `budget` tokens once rendered; a hit that
-    does not fit whole is cut if enough room is left, and packing stops there."""
+    does not fit whole is cut at a token boundary if enough room is left, and packing stops
+    there."""
     sources: list[Source] = []
     used = 0
     candidates = [Source(number=n, hit=hit, text=hit.text) for n, hit in enumerate(hits, 1)]
-    costs = counter.count_many([c.render() for c in candidates])
-    for source, rendered in zip(candidates, costs, strict=True):
-        hit = source.hit
+    rendered = [c.render() for c in candidates]
+    for source, text, ends in zip(candidates, rendered, counter.ends_many(rendered), strict=True):
         # Two newlines separate sources in the prompt.
-        cost = rendered + 2
-        if used + cost <= budget:
+        room = budget - used - 2
+        if len(ends) <= room:
             sources.append(source)
-            used += cost
+            used += len(ends) + 2
             continue
-        room = budget - used - counter.count(source.header()) - 4
-        if room >= _MIN_SOURCE_TOKENS:
-            sources.append(
-                Source(number=source.number, hit=hit, text=counter.truncate(hit.text, room))
-            )
+        # The header and the newline after it; the cut keeps the header whole.
+        head = len(text) - len(source.text.strip())
+        if room - bisect_right(ends, head) >= _MIN_SOURCE_TOKENS:
+            cut = text[head : cut_at(ends, room)]
+            sources.append(Source(number=source.number, hit=source.hit, text=cut))
         break
     return sources
 

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import re
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from ingest.search import Hit
+from ragtune.settings import Settings
 from service.llm.tokens import TokenCounter
 from service.rag.context import Source, pack_sources, render_context
+from tests.conftest import TinyModel
 
 
 def hit(n: int, words: int, **payload: Any) -> Hit:
@@ -53,21 +57,21 @@ def test_split_keeps_every_character_and_respects_the_limit(counter: TokenCounte
     assert all(counter.count(p.strip()) <= 100 for p in pieces)
 
 
+class WordTokenizer:
+    """Whitespace tokens, in the shape of a `tokenizers.Tokenizer`; counts the texts it was
+    asked to encode."""
+
+    encoded = 0
+
+    def encode_batch(self, texts: list[str], add_special_tokens: bool = False) -> list[Any]:
+        self.encoded += len(texts)
+        return [
+            SimpleNamespace(offsets=[m.span() for m in re.finditer(r"\S+", text)]) for text in texts
+        ]
+
+
 def test_count_many_matches_count_and_stays_bounded() -> None:
-    class Tokenizer:
-        """Whitespace tokens; counts how many texts it was asked to encode."""
-
-        encoded = 0
-
-        def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-            self.encoded += 1
-            return [0] * len(text.split())
-
-        def __call__(self, texts: list[str], add_special_tokens: bool = False) -> Any:
-            self.encoded += len(texts)
-            return {"input_ids": [[0] * len(t.split()) for t in texts]}
-
-    tokenizer = Tokenizer()
+    tokenizer = WordTokenizer()
     counter = TokenCounter(tokenizer, cache_size=3)
     texts = ["a b", "c d e", "a b", "f"]
     assert counter.count_many(texts) == [counter.count(t) for t in texts] == [2, 3, 2, 1]
@@ -79,3 +83,39 @@ def test_count_many_matches_count_and_stays_bounded() -> None:
     before = tokenizer.encoded
     counter.count_many(["a b"])
     assert tokenizer.encoded == before + 1
+
+
+def test_a_cut_source_ends_at_a_token_boundary_without_tokenizing_again() -> None:
+    tokenizer = WordTokenizer()
+    counter = TokenCounter(tokenizer)
+    first = Hit(id="1", score=1.0, payload={"text": "one two three", "title": "A"})
+    second = Hit(id="2", score=0.5, payload={"text": " ".join(f"w{i}" for i in range(50))})
+    # [1] A / one two three = 5 tokens + 2; [2] = 1 header token, room for 40 of its words.
+    sources = pack_sources([first, second], counter, budget=5 + 2 + 2 + 41)
+    assert tokenizer.encoded == 2  # the two rendered sources, once
+    assert [s.text for s in sources] == ["one two three", " ".join(f"w{i}" for i in range(40))]
+    # This tokenizer has no tokens for the newlines that the budget reserves 2 each for.
+    assert counter.count(render_context(sources)) == 5 + 1 + 40
+
+
+def test_real_tokenizer_cuts_and_splits_within_budget_and_loses_nothing(
+    tiny_model: TinyModel,
+) -> None:
+    counter = TokenCounter.for_settings(Settings(llm={"model": str(tiny_model.path)}))
+    assert counter.exact
+    words = "Crème brûlée, 日本語のテキスト and emoji 🍞🥖 mixed with plain words; " * 40
+    hits = [
+        Hit(id=str(n), score=1.0 / n, payload={"text": f"{n}: {words}", "title": f"doc {n}"})
+        for n in range(1, 4)
+    ]
+    whole = counter.count(hits[0].text)
+    for budget in (whole + 60, whole + 200, 2 * whole):
+        sources = pack_sources(hits, counter, budget)
+        assert counter.count(render_context(sources)) <= budget
+        last = sources[-1]
+        assert hits[last.number - 1].text.startswith(last.text)
+        assert len(sources) < 3 or last.text != hits[2].text
+    text = "\n\n".join([words, words * 3, "short", words])
+    pieces = counter.split(text, 100)
+    assert "".join(pieces) == text
+    assert all(counter.count(p) <= 100 for p in pieces)
