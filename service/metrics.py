@@ -48,6 +48,12 @@ class Metrics:
             ["route", "adapter"],
             registry=self.registry,
         )
+        self.embed_batch = Histogram(
+            "ragtune_embed_batch_size",
+            "Questions embedded together in one model call (concurrent requests share one)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
         self.errors = Counter(
             "ragtune_errors",
             "Errors returned to callers, by type",

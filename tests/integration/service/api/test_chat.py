@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -196,3 +197,32 @@ def test_health_ready_and_metrics(client: TestClient) -> None:
     assert 'ragtune_errors_total{type="invalid_request_error"}' in text
     assert 'ragtune_requests_total{endpoint="/v1/chat",route="chat",status="422"}' in text
     assert 'ragtune_request_seconds_count{endpoint="/v1/chat",route="chat"}' in text
+
+
+def test_concurrent_questions_get_the_same_sources_as_one_at_a_time(client: TestClient) -> None:
+    questions = [
+        "How do orchard keepers prune apple trees?",
+        "What powers the Voyager probes?",
+        "apples",
+        "bread and flour",
+        "space probes",
+        "trees",
+    ]
+    alone = [client.post("/v1/chat", json=ask(q)).json()["sources"] for q in questions]
+    before = _embedded_questions(client)
+    # The queries embedded while one model call runs share the next: vectors may differ in
+    # the last float bits, the ranking must not.
+    with ThreadPoolExecutor(len(questions)) as pool:
+        together = list(pool.map(lambda q: client.post("/v1/chat", json=ask(q)), questions))
+    assert [r.status_code for r in together] == [200] * len(questions)
+    for one, other in zip(alone, together, strict=True):
+        assert [s["doc_id"] for s in other.json()["sources"]] == [s["doc_id"] for s in one]
+    assert _embedded_questions(client) - before == len(questions)
+
+
+def _embedded_questions(client: TestClient) -> float:
+    """The sum of the embed batch size histogram: questions embedded so far."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("ragtune_embed_batch_size_sum"):
+            return float(line.split()[-1])
+    raise AssertionError("no ragtune_embed_batch_size_sum in /metrics")
