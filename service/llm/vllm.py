@@ -3,18 +3,24 @@
 Loading is idempotent: loading a name that vLLM already holds from the same folder does
 nothing, and the same name from another folder is refused (unload it first), so a request
 in flight never silently switches weights. Only connection failures are retried: a request
-that may have reached the server is never sent twice.
+that may have reached the server is never sent twice (but aiohttp resends a GET, which
+changes nothing, once if its connection drops).
+
+The HTTP client is aiohttp rather than httpx: about 1 ms less CPU per request, a third of
+what the API adds over calling vLLM directly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-import httpx
+import aiohttp
 
 from ragtune.errors import AdapterError, InvalidInput, NotFound, UpstreamUnavailable
 from ragtune.settings import LLMSettings
@@ -23,7 +29,14 @@ from service.llm.types import Completion, FinishReason, GenerationRequest, Strea
 # Without a short connect timeout, a host that drops packets would be reported only after
 # (connect_retries + 1) x timeout_s; generation itself may legitimately take timeout_s.
 _CONNECT_TIMEOUT_S = 10.0
-_RETRIED = (httpx.ConnectError, httpx.ConnectTimeout)
+# No connection was made, so nothing reached vLLM. ServerDisconnectedError is a
+# ClientConnectionError too, but the request may have arrived: it is not retried.
+_RETRIED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+_BROKEN = (aiohttp.ClientError, TimeoutError)
+# vLLM's uvicorn drops idle keep-alive connections after 5 s: dropping ours first avoids
+# sending a request on a connection the server is closing.
+_KEEPALIVE_S = 4.0
+_MAX_CONNECTIONS = 100
 # How vLLM words a dead engine (EngineDeadError) in a 500 body.
 _DEAD_ENGINE_MARKERS = ("EngineCore", "EngineDead", "engine is dead")
 
@@ -36,29 +49,27 @@ class VLLMBackend:
     def __init__(
         self,
         settings: LLMSettings,
-        client: httpx.AsyncClient | None = None,
         retry_backoff_s: float = 0.5,
+        trace_configs: Sequence[aiohttp.TraceConfig] = (),
     ) -> None:
+        """`trace_configs` are aiohttp hooks that watch the requests (tests count connection
+        attempts with them)."""
+        if not settings.vllm_url:
+            raise InvalidInput(
+                "llm.vllm_url is not set; point RAGTUNE_LLM__VLLM_URL at the vLLM server "
+                "(e.g. http://127.0.0.1:8000), or use the embedded backend"
+            )
         self._settings = settings
         self._backoff_s = retry_backoff_s
-        self._owns_client = client is None
-        if client is None:
-            if not settings.vllm_url:
-                raise InvalidInput(
-                    "llm.vllm_url is not set; point RAGTUNE_LLM__VLLM_URL at the vLLM server "
-                    "(e.g. http://127.0.0.1:8000), or use the embedded backend"
-                )
-            client = httpx.AsyncClient(
-                base_url=settings.vllm_url,
-                timeout=httpx.Timeout(
-                    settings.timeout_s, connect=min(settings.timeout_s, _CONNECT_TIMEOUT_S)
-                ),
-            )
-        self._client = client
-        self._url = str(client.base_url).rstrip("/")
+        self._trace_configs = list(trace_configs)
+        self._url = settings.vllm_url.rstrip("/")
         self._headers: dict[str, str] = {}
         if settings.api_key is not None:
             self._headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
+        self._json_headers = {**self._headers, "Content-Type": "application/json"}
+        # A ClientSession belongs to the event loop it was made in, and backends are built
+        # before the loop runs: the session is made on the first request.
+        self._client: aiohttp.ClientSession | None = None
 
     # -- generation ---------------------------------------------------------------------
 
@@ -66,10 +77,10 @@ class VLLMBackend:
         """The whole answer at once, with the generated token ids."""
         body = self._chat_body(request)
         body["return_token_ids"] = True
-        response = await self._send("POST", "/v1/chat/completions", body)
-        if response.status_code != 200:
-            await self._raise_for_chat(response, request)
-        data = _json(response, self._url)
+        answer = await self._send("POST", "/v1/chat/completions", body)
+        if answer.status != 200:
+            await self._raise_for_chat(answer, request)
+        data = _json(answer, self._url)
         try:
             choice = data["choices"][0]
             usage = data["usage"]
@@ -93,38 +104,39 @@ class VLLMBackend:
         body = self._chat_body(request)
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-        response = await self._send("POST", "/v1/chat/completions", body, stream=True)
+        response = await self._open("POST", "/v1/chat/completions", body)
         try:
-            if response.status_code != 200:
-                await response.aread()
-                await self._raise_for_chat(response, request)
+            if response.status != 200:
+                answer = await self._read(response, "POST", "/v1/chat/completions")
+                await self._raise_for_chat(answer, request)
             finish: FinishReason | None = None
             usage: Usage | None = None
             done = False
-            async for line in _sse_data(response, self._url):
-                if line == "[DONE]":
-                    done = True
-                    break
-                try:
-                    chunk = json.loads(line)
-                except ValueError as exc:
-                    raise UpstreamUnavailable(
-                        f"vLLM at {self._url} sent a stream event that is not JSON "
-                        f"({line!r:.200}); is llm.vllm_url a vLLM OpenAI server?"
-                    ) from exc
-                if "error" in chunk or chunk.get("object") == "error":
-                    self._raise_from_body(chunk, "the streamed answer")
-                for choice in chunk.get("choices") or []:
-                    text = (choice.get("delta") or {}).get("content")
-                    if text:
-                        yield StreamDelta(text=text)
-                    if choice.get("finish_reason") is not None:
-                        finish = _finish_reason(choice["finish_reason"])
-                if chunk.get("usage"):
-                    usage = Usage(
-                        prompt_tokens=chunk["usage"]["prompt_tokens"],
-                        completion_tokens=chunk["usage"]["completion_tokens"],
-                    )
+            async with aclosing(_sse_data(response, self._url)) as lines:
+                async for line in lines:
+                    if line == "[DONE]":
+                        done = True
+                        break
+                    try:
+                        chunk = json.loads(line)
+                    except ValueError as exc:
+                        raise UpstreamUnavailable(
+                            f"vLLM at {self._url} sent a stream event that is not JSON "
+                            f"({line!r:.200}); is llm.vllm_url a vLLM OpenAI server?"
+                        ) from exc
+                    if "error" in chunk or chunk.get("object") == "error":
+                        self._raise_from_body(chunk, "the streamed answer")
+                    for choice in chunk.get("choices") or []:
+                        text = (choice.get("delta") or {}).get("content")
+                        if text:
+                            yield StreamDelta(text=text)
+                        if choice.get("finish_reason") is not None:
+                            finish = _finish_reason(choice["finish_reason"])
+                    if chunk.get("usage"):
+                        usage = Usage(
+                            prompt_tokens=chunk["usage"]["prompt_tokens"],
+                            completion_tokens=chunk["usage"]["completion_tokens"],
+                        )
             if not done or finish is None or usage is None:
                 raise UpstreamUnavailable(
                     f"vLLM at {self._url} ended the stream before finishing the answer; "
@@ -132,7 +144,9 @@ class VLLMBackend:
                 )
             yield StreamDelta(finish_reason=finish, usage=usage)
         finally:
-            await response.aclose()
+            # A body not read to its end (the consumer stopped early, or an error) makes
+            # aiohttp close the connection instead of pooling it half-read.
+            response.release()
 
     def _chat_body(self, request: GenerationRequest) -> dict[str, Any]:
         sampling = request.sampling
@@ -155,11 +169,9 @@ class VLLMBackend:
             }
         return body
 
-    async def _raise_for_chat(
-        self, response: httpx.Response, request: GenerationRequest
-    ) -> NoReturn:
-        message = _error_message(response)
-        if response.status_code == 404 and "does not exist" in message:
+    async def _raise_for_chat(self, answer: _Answer, request: GenerationRequest) -> NoReturn:
+        message = _error_message(answer)
+        if answer.status == 404 and "does not exist" in message:
             loaded = await self._loaded_for_message()
             if request.adapter is None:
                 raise NotFound(
@@ -170,7 +182,7 @@ class VLLMBackend:
             raise NotFound(
                 f"adapter '{request.adapter}' is not loaded (loaded: {loaded}); load it first"
             )
-        self._raise_status(response.status_code, message, "the chat request")
+        self._raise_status(answer.status, message, "the chat request")
 
     async def _loaded_for_message(self) -> str:
         try:
@@ -187,12 +199,12 @@ class VLLMBackend:
         self._check_rank(name, folder)
         if await self._already_loaded(name, folder):
             return
-        response = await self._send(
+        answer = await self._send(
             "POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(folder)}
         )
-        if response.status_code == 200:
+        if answer.status == 200:
             return
-        status, message = response.status_code, _error_message(response)
+        status, message = answer.status, _error_message(answer)
         # Another caller may have loaded it between our check and our request.
         already = status == 400 and "already been loaded" in message
         if already and await self._already_loaded(name, folder):
@@ -212,14 +224,14 @@ class VLLMBackend:
 
     async def unload_adapter(self, name: str) -> None:
         """Unload `name`; NotFound if vLLM does not hold it."""
-        response = await self._send("POST", "/v1/unload_lora_adapter", {"lora_name": name})
-        if response.status_code == 200:
+        answer = await self._send("POST", "/v1/unload_lora_adapter", {"lora_name": name})
+        if answer.status == 200:
             return
-        message = _error_message(response)
-        if response.status_code == 404:
+        message = _error_message(answer)
+        if answer.status == 404:
             loaded = await self._loaded_for_message()
             raise NotFound(f"adapter '{name}' is not loaded (loaded: {loaded}); nothing to unload")
-        self._raise_status(response.status_code, message, f"unloading adapter '{name}'")
+        self._raise_status(answer.status, message, f"unloading adapter '{name}'")
 
     async def list_adapters(self) -> list[str]:
         """Names of the LoRA adapters vLLM holds now (its models that have a parent)."""
@@ -230,10 +242,10 @@ class VLLMBackend:
         ]
 
     async def _models(self) -> list[dict[str, Any]]:
-        response = await self._send("GET", "/v1/models")
-        if response.status_code != 200:
-            self._raise_status(response.status_code, _error_message(response), "listing models")
-        data = _json(response, self._url).get("data")
+        answer = await self._send("GET", "/v1/models")
+        if answer.status != 200:
+            self._raise_status(answer.status, _error_message(answer), "listing models")
+        data = _json(answer, self._url).get("data")
         if not isinstance(data, list):
             raise UpstreamUnavailable(
                 f"vLLM at {self._url} answered /v1/models without a model list; is it a vLLM "
@@ -289,28 +301,63 @@ class VLLMBackend:
 
     async def health(self) -> None:
         """Return if vLLM's engine answers /health; raise UpstreamUnavailable if not."""
-        response = await self._send("GET", "/health")
-        if response.status_code != 200:
+        answer = await self._send("GET", "/health")
+        if answer.status != 200:
             raise UpstreamUnavailable(
                 f"vLLM at {self._url} is not healthy (GET /health answered "
-                f"{response.status_code}); check its log and restart it"
+                f"{answer.status}); check its log and restart it"
             )
 
     async def aclose(self) -> None:
-        """Close the HTTP client if this backend created it."""
-        if self._owns_client:
-            await self._client.aclose()
+        """Close the HTTP connections; a later request opens new ones."""
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
 
-    async def _send(
-        self, method: str, path: str, body: dict[str, Any] | None = None, *, stream: bool = False
-    ) -> httpx.Response:
-        """Send once, retrying only when no connection was made (so nothing reached vLLM)."""
-        request = self._client.build_request(method, path, json=body, headers=self._headers)
+    def _session(self) -> aiohttp.ClientSession:
+        if self._client is None:
+            timeout_s = self._settings.timeout_s
+            self._client = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=_MAX_CONNECTIONS, keepalive_timeout=_KEEPALIVE_S
+                ),
+                # Each wait for bytes may last timeout_s (generate() gets nothing until the
+                # answer is done); a stream may run longer as long as pieces keep coming.
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    sock_connect=min(timeout_s, _CONNECT_TIMEOUT_S),
+                    sock_read=timeout_s,
+                ),
+                trace_configs=self._trace_configs,
+            )
+        return self._client
+
+    async def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> _Answer:
+        """Send once (see `_open`) and read the whole answer."""
+        response = await self._open(method, path, body)
+        try:
+            return await self._read(response, method, path)
+        finally:
+            response.release()
+
+    async def _open(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> aiohttp.ClientResponse:
+        """Send once, retrying only when no connection was made (so nothing reached vLLM);
+        the caller reads and releases the response."""
+        session = self._session()
+        url = self._url + path
+        data = None
+        headers = self._headers
+        if body is not None:
+            text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            data = text.encode()
+            headers = self._json_headers
         attempts = self._settings.connect_retries + 1
         attempt = 0
         while True:
             try:
-                return await self._client.send(request, stream=stream)
+                return await session.request(method, url, data=data, headers=headers)
             except _RETRIED as exc:
                 attempt += 1
                 if attempt < attempts:
@@ -320,17 +367,27 @@ class VLLMBackend:
                     f"cannot connect to vLLM at {self._url} after {attempts} attempts ({exc!r}); "
                     f"start it (deploy/vllm/serve.sh) or fix llm.vllm_url"
                 ) from exc
-            except httpx.TimeoutException as exc:
-                raise UpstreamUnavailable(
-                    f"vLLM at {self._url} did not answer {method} {path} within "
-                    f"{self._settings.timeout_s:g} s; it may be overloaded: retry later or raise "
-                    f"llm.timeout_s"
-                ) from exc
-            except httpx.TransportError as exc:
-                raise UpstreamUnavailable(
-                    f"the connection to vLLM at {self._url} failed during {method} {path} "
-                    f"({exc!r}); check that the server is still running"
-                ) from exc
+            except _BROKEN as exc:
+                raise self._broken(exc, method, path) from exc
+
+    async def _read(self, response: aiohttp.ClientResponse, method: str, path: str) -> _Answer:
+        try:
+            content = await response.read()
+        except _BROKEN as exc:
+            raise self._broken(exc, method, path) from exc
+        return _Answer(response.status, response.reason or "", content)
+
+    def _broken(self, exc: Exception, method: str, path: str) -> UpstreamUnavailable:
+        if isinstance(exc, TimeoutError):
+            return UpstreamUnavailable(
+                f"vLLM at {self._url} did not answer {method} {path} within "
+                f"{self._settings.timeout_s:g} s; it may be overloaded: retry later or raise "
+                f"llm.timeout_s"
+            )
+        return UpstreamUnavailable(
+            f"the connection to vLLM at {self._url} failed during {method} {path} "
+            f"({exc!r}); check that the server is still running"
+        )
 
     def _raise_from_body(self, body: dict[str, Any], doing: str) -> NoReturn:
         # Mid-stream errors come as {"error": {...}} or, from older servers, flat.
@@ -363,12 +420,25 @@ def _finish_reason(value: object) -> FinishReason:
     return "length" if value == "length" else "stop"
 
 
-def _error_message(response: httpx.Response) -> str:
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A whole HTTP answer from vLLM."""
+
+    status: int
+    reason: str
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode(errors="replace")
+
+
+def _error_message(answer: _Answer) -> str:
     """vLLM's error text: {"error": {"message"}}, {"message"}, {"detail"} or plain text."""
     try:
-        body = response.json()
+        body = json.loads(answer.content)
     except ValueError:
-        return response.text.strip() or response.reason_phrase
+        return answer.text.strip() or answer.reason
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict) and "message" in error:
@@ -376,12 +446,12 @@ def _error_message(response: httpx.Response) -> str:
         for key in ("message", "detail"):
             if key in body:
                 return str(body[key])
-    return response.text.strip()
+    return answer.text.strip()
 
 
-def _json(response: httpx.Response, url: str) -> dict[str, Any]:
+def _json(answer: _Answer, url: str) -> dict[str, Any]:
     try:
-        data = response.json()
+        data = json.loads(answer.content)
     except ValueError as exc:
         raise UpstreamUnavailable(
             f"vLLM at {url} answered with something other than JSON; is llm.vllm_url a vLLM "
@@ -392,13 +462,20 @@ def _json(response: httpx.Response, url: str) -> dict[str, Any]:
     return data
 
 
-async def _sse_data(response: httpx.Response, url: str) -> AsyncIterator[str]:
+async def _sse_data(response: aiohttp.ClientResponse, url: str) -> AsyncGenerator[str, None]:
     """The `data:` payloads of a server-sent event stream."""
+    # Split lines ourselves: aiohttp's readline refuses lines longer than its buffer, and
+    # a chunk of a long answer (or its token ids) can be one long line.
+    pending = b""
     try:
-        async for line in response.aiter_lines():
-            if line.startswith("data:"):
-                yield line[5:].strip()
-    except httpx.TransportError as exc:
+        async for piece in response.content.iter_any():
+            *lines, pending = (pending + piece).split(b"\n")
+            for line in lines:
+                if line.startswith(b"data:"):
+                    yield line[5:].strip().decode()
+        if pending.startswith(b"data:"):
+            yield pending[5:].strip().decode()
+    except _BROKEN as exc:
         raise UpstreamUnavailable(
             f"the stream from vLLM at {url} broke off ({exc!r}); check that it is still running"
         ) from exc

@@ -1,7 +1,9 @@
 """VLLMBackend at the HTTP boundary: failures a live server cannot easily be made to produce.
 
-The mapping of what a live server does produce (404s, rank errors) is checked against real
-vLLM in tests/integration/service/llm/test_vllm_backend.py.
+A real local HTTP server (aiohttp.web on 127.0.0.1) plays vLLM's part, so the client's
+sockets, timeouts and connection pool are the real ones. The mapping of what a live server
+does produce (404s, rank errors) is checked against real vLLM in
+tests/integration/service/llm/test_vllm_backend.py.
 """
 
 from __future__ import annotations
@@ -9,50 +11,109 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
-import httpx
+import aiohttp
 import pytest
+from aiohttp import web
 
 from ragtune.errors import InvalidInput, UpstreamUnavailable
 from ragtune.settings import LLMSettings
 from service.llm.types import ChatMessage, GenerationRequest, StreamDelta
 from service.llm.vllm import VLLMBackend
 
-URL = "http://vllm.test:8000"
 T = TypeVar("T")
-Handler = Callable[[httpx.Request], httpx.Response]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST = GenerationRequest(messages=[ChatMessage(role="user", content="hi")])
+# Small enough to keep the timeout tests quick, large enough for a loaded machine to connect.
+SHORT_TIMEOUT_S = 0.3
 
 
-class Recorder:
-    """A MockTransport handler that records requests and answers with `handler`."""
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class Stub:
+    """Plays vLLM: records each request, then answers it with `handler`."""
 
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
-        self.requests: list[httpx.Request] = []
+        self.requests: list[Seen] = []
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return self.handler(request)
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.requests.append(Seen(request.method, request.path, dict(request.headers), body))
+        return await self.handler(request)
 
 
-def run(
-    transport: httpx.AsyncBaseTransport,
+class Attempts:
+    """Counts the connections the backend tries to open (an aiohttp trace hook)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.config = aiohttp.TraceConfig()
+        self.config.on_connection_create_start.append(self._started)
+
+    async def _started(self, session: object, context: SimpleNamespace, params: object) -> None:
+        self.count += 1
+
+
+@asynccontextmanager
+async def serving(stub: Stub, port: int = 0) -> AsyncIterator[str]:
+    """`stub` on 127.0.0.1:`port` (a free one by default); yields its URL."""
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", stub.handle)
+    # Handlers are cancelled when the client goes away, and shutdown does not wait for them.
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.1)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def using(
+    url: str,
     body: Callable[[VLLMBackend], Awaitable[T]],
-    url: str = URL,
+    attempts: Attempts | None = None,
     **settings: Any,
 ) -> T:
+    backend = VLLMBackend(
+        LLMSettings(vllm_url=url, **settings),
+        retry_backoff_s=0.0,
+        trace_configs=[attempts.config] if attempts else [],
+    )
+    try:
+        return await body(backend)
+    finally:
+        await backend.aclose()
+
+
+def run(stub: Stub | Handler, body: Callable[[VLLMBackend], Awaitable[T]], **settings: Any) -> T:
+    """`body` against a backend talking to `stub` on a free local port."""
+    stub = stub if isinstance(stub, Stub) else Stub(stub)
+
     async def main() -> T:
-        async with httpx.AsyncClient(base_url=url, transport=transport) as client:
-            backend = VLLMBackend(
-                LLMSettings(vllm_url=url, **settings), client=client, retry_backoff_s=0.0
-            )
-            return await body(backend)
+        async with serving(stub) as url:
+            return await using(url, body, **settings)
 
     return asyncio.run(main())
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 async def collect(backend: VLLMBackend) -> list[StreamDelta]:
@@ -68,139 +129,174 @@ OPERATIONS: dict[str, Callable[[VLLMBackend], Awaitable[object]]] = {
 }
 
 
-def refuse(request: httpx.Request) -> httpx.Response:
-    raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
-
-
 @pytest.mark.parametrize("operation", OPERATIONS)
 @pytest.mark.parametrize("retries", [0, 2])
-def test_connection_refused_is_retried_then_unavailable(operation: str, retries: int) -> None:
-    recorder = Recorder(refuse)
-    with pytest.raises(UpstreamUnavailable, match=f"cannot connect to vLLM at {URL}"):
-        run(httpx.MockTransport(recorder), OPERATIONS[operation], connect_retries=retries)
-    assert len(recorder.requests) == retries + 1
+def test_a_closed_port_is_retried_then_unavailable(operation: str, retries: int) -> None:
+    # Nothing listens on the port: each attempt gets a real "connection refused".
+    url = f"http://127.0.0.1:{closed_port()}"
+    attempts = Attempts()
+    with pytest.raises(UpstreamUnavailable, match=f"cannot connect to vLLM at {url} after"):
+        asyncio.run(using(url, OPERATIONS[operation], attempts, connect_retries=retries))
+    assert attempts.count == retries + 1
 
 
 def test_a_connect_timeout_is_retried_too() -> None:
-    def slow(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectTimeout("timed out", request=request)
-
-    recorder = Recorder(slow)
-    with pytest.raises(UpstreamUnavailable, match="after 4 attempts"):
-        run(httpx.MockTransport(recorder), lambda b: b.health(), connect_retries=3)
-    assert len(recorder.requests) == 4
+    # A listening socket whose accept queue is full: Linux drops further SYNs, so a connect
+    # hangs until the connect timeout (min(timeout_s, 10 s)).
+    with socket.socket() as listener, socket.socket() as queued:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        queued.connect(listener.getsockname())
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        attempts = Attempts()
+        with pytest.raises(UpstreamUnavailable, match=r"after 2 attempts .*ConnectionTimeout"):
+            asyncio.run(
+                using(url, lambda b: b.health(), attempts, connect_retries=1, timeout_s=0.2)
+            )
+    assert attempts.count == 2
 
 
 def test_a_server_that_comes_up_during_the_retries_answers() -> None:
-    def flaky(request: httpx.Request) -> httpx.Response:
-        if len(recorder.requests) < 3:
-            refuse(request)
-        return httpx.Response(200)
+    port = closed_port()
+    stub = Stub(lambda r: ok())
+    attempts = Attempts()
 
-    recorder = Recorder(flaky)
-    run(httpx.MockTransport(recorder), lambda b: b.health(), connect_retries=3)
-    assert len(recorder.requests) == 3
+    async def main() -> None:
+        url = f"http://127.0.0.1:{port}"
+        backend = VLLMBackend(
+            LLMSettings(vllm_url=url, connect_retries=3),
+            retry_backoff_s=0.4,
+            trace_configs=[attempts.config],
+        )
+        try:
+            # The first attempt is refused at once; the server is up long before the second.
+            checked = asyncio.create_task(backend.health())
+            await asyncio.sleep(0.2)
+            async with serving(stub, port):
+                await checked
+        finally:
+            await backend.aclose()
 
-
-class CountingTransport(httpx.AsyncHTTPTransport):
-    """The real transport, counting attempts."""
-
-    attempts = 0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.attempts += 1
-        return await super().handle_async_request(request)
-
-
-def test_a_closed_port_is_retried_then_unavailable() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    # Nothing listens on `port` now: the real transport gets a real "connection refused".
-    url = f"http://127.0.0.1:{port}"
-    transport = CountingTransport()
-    with pytest.raises(UpstreamUnavailable, match=f"cannot connect to vLLM at {url}"):
-        run(transport, lambda b: b.generate(REQUEST), url=url, connect_retries=2)
-    assert transport.attempts == 3
+    asyncio.run(main())
+    assert attempts.count == 2
+    assert [r.path for r in stub.requests] == ["/health"]
 
 
-@pytest.mark.parametrize(
-    "timeout", [httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout], ids=lambda t: t.__name__
-)
+async def ok() -> web.Response:
+    return web.Response()
+
+
+async def too_slow(request: web.Request) -> web.Response:
+    await asyncio.sleep(10 * SHORT_TIMEOUT_S)
+    return web.Response()
+
+
 @pytest.mark.parametrize("operation", ["generate", "stream"])
-def test_a_timeout_after_connecting_is_not_retried(
-    timeout: type[httpx.TimeoutException], operation: str
-) -> None:
-    def hang(request: httpx.Request) -> httpx.Response:
-        raise timeout("timed out", request=request)
-
-    recorder = Recorder(hang)
+def test_a_timeout_after_connecting_is_not_retried(operation: str) -> None:
+    stub = Stub(too_slow)
     with pytest.raises(UpstreamUnavailable, match="did not answer POST /v1/chat/completions"):
-        run(httpx.MockTransport(recorder), OPERATIONS[operation], connect_retries=3)
-    assert len(recorder.requests) == 1
+        run(stub, OPERATIONS[operation], connect_retries=3, timeout_s=SHORT_TIMEOUT_S)
+    assert len(stub.requests) == 1
 
 
-def test_a_dropped_connection_is_not_retried() -> None:
-    def drop(request: httpx.Request) -> httpx.Response:
-        raise httpx.RemoteProtocolError("Server disconnected", request=request)
-
-    recorder = Recorder(drop)
-    with pytest.raises(UpstreamUnavailable, match="still running"):
-        run(httpx.MockTransport(recorder), lambda b: b.generate(REQUEST), connect_retries=3)
-    assert len(recorder.requests) == 1
+async def hang_up(request: web.Request) -> web.Response:
+    assert request.transport is not None
+    request.transport.close()
+    await asyncio.sleep(10)  # cancelled: the connection is gone
+    return web.Response()
 
 
-def dead_engine(request: httpx.Request) -> httpx.Response:
-    return httpx.Response(
-        500,
-        json={
-            "error": {
-                "message": "EngineCore encountered an issue. See stack trace for the root cause.",
-                "type": "InternalServerError",
-                "param": None,
-                "code": 500,
-            }
-        },
-    )
+@pytest.mark.parametrize("operation", ["generate", "stream", "unload_adapter"])
+def test_a_dropped_connection_is_not_retried(operation: str) -> None:
+    stub = Stub(hang_up)
+    with pytest.raises(UpstreamUnavailable, match=r"failed during POST .* still running"):
+        run(stub, OPERATIONS[operation], connect_retries=3)
+    assert len(stub.requests) == 1
+
+
+def test_a_get_on_a_dropped_connection_is_sent_once_more_then_unavailable() -> None:
+    # aiohttp resends an idempotent request once when its connection drops (RFC 9112 9.3.1,
+    # meant for keep-alive connections the server closed); a GET changes nothing on vLLM.
+    stub = Stub(hang_up)
+    with pytest.raises(UpstreamUnavailable, match=r"failed during GET /v1/models .* still"):
+        run(stub, lambda b: b.list_adapters(), connect_retries=3)
+    assert len(stub.requests) == 2
+
+
+async def dead_engine(request: web.Request) -> web.Response:
+    message = "EngineCore encountered an issue. See stack trace for the root cause."
+    error = {"message": message, "type": "InternalServerError", "param": None, "code": 500}
+    return web.json_response({"error": error}, status=500)
 
 
 @pytest.mark.parametrize("operation", ["generate", "stream", "unload_adapter"])
 def test_a_dead_engine_is_unavailable_not_retried(operation: str) -> None:
-    recorder = Recorder(dead_engine)
-    with pytest.raises(UpstreamUnavailable, match=f"vLLM at {URL} failed .*restart vLLM"):
-        run(httpx.MockTransport(recorder), OPERATIONS[operation], connect_retries=3)
-    assert len(recorder.requests) == 1
+    stub = Stub(dead_engine)
+    with pytest.raises(
+        UpstreamUnavailable, match=r"vLLM at http://127\.0\.0\.1:\d+ failed .*restart vLLM"
+    ):
+        run(stub, OPERATIONS[operation], connect_retries=3)
+    assert len(stub.requests) == 1
 
 
 def test_a_dead_engine_while_loading_is_unavailable_not_an_adapter_error(tmp_path: Path) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/v1/models":
-            return httpx.Response(200, json={"data": []})
-        return dead_engine(request)
+    async def handler(request: web.Request) -> web.Response:
+        if request.path == "/v1/models":
+            return web.json_response({"data": []})
+        return await dead_engine(request)
 
     with pytest.raises(UpstreamUnavailable, match="restart vLLM"):
-        run(httpx.MockTransport(handler), lambda b: b.load_adapter("a", tmp_path / "remote"))
+        run(handler, lambda b: b.load_adapter("a", tmp_path / "remote"))
 
 
 def test_unhealthy_is_unavailable() -> None:
+    async def unhealthy(request: web.Request) -> web.Response:
+        return web.Response(status=503)
+
     with pytest.raises(UpstreamUnavailable, match="GET /health answered 503"):
-        run(httpx.MockTransport(lambda r: httpx.Response(503)), lambda b: b.health())
+        run(unhealthy, lambda b: b.health())
 
 
 def test_a_bad_request_is_invalid_input_with_vllms_message() -> None:
-    def too_long(request: httpx.Request) -> httpx.Response:
+    async def too_long(request: web.Request) -> web.Response:
         message = "This model's maximum context length is 2048 tokens."
-        return httpx.Response(400, json={"error": {"message": message, "code": 400}})
+        return web.json_response({"error": {"message": message, "code": 400}}, status=400)
 
     with pytest.raises(InvalidInput, match="maximum context length is 2048"):
-        run(httpx.MockTransport(too_long), lambda b: b.generate(REQUEST))
+        run(too_long, lambda b: b.generate(REQUEST))
 
 
-def sse(*events: object) -> httpx.Response:
-    body = "".join(
-        f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n" for e in events
+def test_a_plain_text_error_is_quoted_and_an_empty_one_named_by_its_reason() -> None:
+    async def plain(request: web.Request) -> web.Response:
+        if request.path == "/v1/chat/completions":
+            return web.Response(status=422, text="  bad sampling parameters \n")
+        return web.Response(status=409)
+
+    with pytest.raises(InvalidInput, match=r"\(422\): bad sampling parameters$"):
+        run(plain, lambda b: b.generate(REQUEST))
+    with pytest.raises(InvalidInput, match=r"\(409\): Conflict$"):
+        run(plain, lambda b: b.unload_adapter("alpha"))
+
+
+def test_an_answer_that_is_not_json_is_unavailable() -> None:
+    async def html(request: web.Request) -> web.Response:
+        return web.Response(text="<html>proxy login</html>", content_type="text/html")
+
+    with pytest.raises(UpstreamUnavailable, match="something other than JSON"):
+        run(html, lambda b: b.generate(REQUEST))
+
+
+def events(*items: object) -> bytes:
+    return "".join(
+        f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n" for e in items
     ).encode()
-    return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+
+def sse(*items: object) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=events(*items), content_type="text/event-stream")
+
+    return handler
 
 
 def chunk(content: str | None = None, finish: str | None = None) -> dict[str, object]:
@@ -209,27 +305,72 @@ def chunk(content: str | None = None, finish: str | None = None) -> dict[str, ob
 
 
 USAGE = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
+ANSWER = (chunk("Hi"), chunk("", finish="abort"), USAGE, "[DONE]")
 
 
-def test_a_stream_that_breaks_off_is_unavailable() -> None:
+def test_a_stream_that_ends_early_is_unavailable() -> None:
     # The engine died mid-answer: no finish_reason, no usage, no [DONE].
-    transport = httpx.MockTransport(lambda r: sse(chunk("Hel"), chunk("lo")))
     with pytest.raises(UpstreamUnavailable, match="ended the stream before finishing"):
-        run(transport, collect)
+        run(sse(chunk("Hel"), chunk("lo")), collect)
+
+
+@pytest.mark.parametrize("how", ["dropped", "stalled"])
+def test_a_stream_whose_connection_breaks_midway_is_unavailable(how: str) -> None:
+    async def breaks(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(events(chunk("Hel")))
+        if how == "dropped":
+            assert request.transport is not None
+            request.transport.close()
+        await asyncio.sleep(10 * SHORT_TIMEOUT_S)
+        return response
+
+    stub = Stub(breaks)
+    with pytest.raises(UpstreamUnavailable, match=r"stream from vLLM at .* broke off"):
+        run(stub, collect, connect_retries=3, timeout_s=SHORT_TIMEOUT_S)
+    assert len(stub.requests) == 1
+
+
+def test_a_consumer_that_stops_early_lets_the_connection_go() -> None:
+    gone = asyncio.Event()
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            while True:
+                await response.write(events(chunk("la")))
+                await asyncio.sleep(0.01)
+        finally:
+            gone.set()
+
+    async def first_then_stop(backend: VLLMBackend) -> StreamDelta:
+        deltas = backend.stream(REQUEST)
+        first = await anext(deltas)
+        await deltas.aclose()  # type: ignore[attr-defined]
+        # The server sees the connection close, not a client that went quiet.
+        await asyncio.wait_for(gone.wait(), timeout=2.0)
+        return first
+
+    assert run(endless, first_then_stop).text == "la"
+
+
+def test_a_long_stream_event_is_read_whole() -> None:
+    text = "x" * 1_200_000  # above aiohttp's line limit (twice its read buffer: 512 KiB)
+    deltas = run(sse(chunk(text), chunk("", finish="length"), USAGE, "[DONE]"), collect)
+    assert [d.text for d in deltas] == [text, ""]
+    assert deltas[-1].finish_reason == "length"
 
 
 def test_an_error_event_in_the_stream_is_raised() -> None:
     error = {"error": {"message": "EngineCore encountered an issue.", "code": 500}}
-    transport = httpx.MockTransport(lambda r: sse(chunk("Hel"), error, "[DONE]"))
     with pytest.raises(UpstreamUnavailable, match="restart vLLM"):
-        run(transport, collect)
+        run(sse(chunk("Hel"), error, "[DONE]"), collect)
 
 
 def test_an_unusual_finish_reason_maps_to_stop() -> None:
-    transport = httpx.MockTransport(
-        lambda r: sse(chunk("Hi"), chunk("", finish="abort"), USAGE, "[DONE]")
-    )
-    deltas = run(transport, collect)
+    deltas = run(sse(*ANSWER), collect)
     assert [d.text for d in deltas] == ["Hi", ""]
     assert deltas[-1].finish_reason == "stop"
     assert deltas[-1].usage is not None
@@ -242,33 +383,31 @@ def test_a_lost_race_to_load_the_same_folder_is_not_an_error(tmp_path: Path) -> 
     (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
     loaded = {"id": "alpha", "root": str(folder), "parent": "base"}
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/v1/models":
+    async def handler(request: web.Request) -> web.Response:
+        if request.path == "/v1/models":
             # Absent at our first look, present once another caller's load went through.
-            models = [loaded] if len(recorder.requests) > 1 else []
-            return httpx.Response(200, json={"data": models})
+            models = [loaded] if len(stub.requests) > 1 else []
+            return web.json_response({"data": models})
         message = "The lora adapter 'alpha' has already been loaded."
-        return httpx.Response(400, json={"error": {"message": message, "code": 400}})
+        return web.json_response({"error": {"message": message, "code": 400}}, status=400)
 
-    recorder = Recorder(handler)
-    run(httpx.MockTransport(recorder), lambda b: b.load_adapter("alpha", folder))
-    paths = [r.url.path for r in recorder.requests]
+    stub = Stub(handler)
+    run(stub, lambda b: b.load_adapter("alpha", folder))
+    paths = [r.path for r in stub.requests]
     assert paths == ["/v1/models", "/v1/load_lora_adapter", "/v1/models"]
-    assert json.loads(recorder.requests[1].content) == {
-        "lora_name": "alpha",
-        "lora_path": str(folder),
-    }
+    assert stub.requests[1].headers["Content-Type"] == "application/json"
+    assert json.loads(stub.requests[1].body) == {"lora_name": "alpha", "lora_path": str(folder)}
 
 
 def test_the_api_key_is_sent_as_a_bearer_token() -> None:
-    recorder = Recorder(lambda r: httpx.Response(200))
-    run(httpx.MockTransport(recorder), lambda b: b.health(), api_key="s3cret-key")
-    assert recorder.requests[0].headers["authorization"] == "Bearer s3cret-key"
+    stub = Stub(lambda r: ok())
+    run(stub, lambda b: b.health(), api_key="s3cret-key")
+    assert stub.requests[0].headers["Authorization"] == "Bearer s3cret-key"
 
 
 def test_a_refused_api_key_says_which_setting_to_fix() -> None:
-    def unauthorized(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(401, json={"error": "Unauthorized"})
+    async def unauthorized(request: web.Request) -> web.Response:
+        return web.json_response({"error": "Unauthorized"}, status=401)
 
     with pytest.raises(UpstreamUnavailable, match=r"set llm\.api_key"):
-        run(httpx.MockTransport(unauthorized), lambda b: b.generate(REQUEST))
+        run(unauthorized, lambda b: b.generate(REQUEST))
