@@ -1,0 +1,225 @@
+"""HTTP to one vLLM OpenAI server: a pooled aiohttp session, connect-only retries, and vLLM's
+answers and errors turned into ragtune's errors.
+
+aiohttp rather than httpx: about 1 ms less CPU per request (0.23 against 0.98 ms for a
+non-streamed chat request here), a third of what the API adds over calling vLLM directly.
+Only connection failures are retried: a request that may have reached the server is never
+sent twice (but aiohttp resends a GET, which changes nothing, once if its connection drops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import aiohttp
+
+from ragtune.errors import InvalidInput, UpstreamUnavailable
+from ragtune.settings import LLMSettings
+
+# Without a short connect timeout, a host that drops packets would be reported only after
+# (connect_retries + 1) x timeout_s; generation itself may legitimately take timeout_s.
+_CONNECT_TIMEOUT_S = 10.0
+# No connection was made, so nothing reached vLLM. ServerDisconnectedError is a
+# ClientConnectionError too, but the request may have arrived: it is not retried.
+_RETRIED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+_BROKEN = (aiohttp.ClientError, TimeoutError)
+# vLLM's uvicorn drops idle keep-alive connections after 5 s: dropping ours first avoids
+# sending a request on a connection the server is closing.
+_KEEPALIVE_S = 4.0
+_MAX_CONNECTIONS = 100
+# How vLLM words a dead engine (EngineDeadError) in a 500 body.
+_DEAD_ENGINE_MARKERS = ("EngineCore", "EngineDead", "engine is dead")
+
+
+class VLLMConnection:
+    """Requests to the vLLM server at `settings.vllm_url`."""
+
+    def __init__(
+        self,
+        settings: LLMSettings,
+        url: str,
+        retry_backoff_s: float,
+        trace_configs: Sequence[aiohttp.TraceConfig],
+    ) -> None:
+        self._settings = settings
+        self.url = url
+        self._backoff_s = retry_backoff_s
+        self._trace_configs = list(trace_configs)
+        self._headers: dict[str, str] = {}
+        if settings.api_key is not None:
+            self._headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
+        self._json_headers = {**self._headers, "Content-Type": "application/json"}
+        # A ClientSession belongs to the event loop it was made in, and backends are built
+        # before the loop runs: the session is made on the first request.
+        self._client: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        """Close the connections; a later request opens new ones."""
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._client is None:
+            timeout_s = self._settings.timeout_s
+            self._client = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=_MAX_CONNECTIONS, keepalive_timeout=_KEEPALIVE_S
+                ),
+                # Each wait for bytes may last timeout_s (generate() gets nothing until the
+                # answer is done); a stream may run longer as long as pieces keep coming.
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    sock_connect=min(timeout_s, _CONNECT_TIMEOUT_S),
+                    sock_read=timeout_s,
+                ),
+                trace_configs=self._trace_configs,
+            )
+        return self._client
+
+    async def send(self, method: str, path: str, body: dict[str, Any] | None = None) -> Answer:
+        """Send once (see `open`) and read the whole answer."""
+        response = await self.open(method, path, body)
+        try:
+            return await self.read(response, method, path)
+        finally:
+            response.release()
+
+    async def open(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> aiohttp.ClientResponse:
+        """Send once, retrying only when no connection was made (so nothing reached vLLM);
+        the caller reads and releases the response."""
+        session = self._session()
+        url = self.url + path
+        data = None
+        headers = self._headers
+        if body is not None:
+            text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            data = text.encode()
+            headers = self._json_headers
+        attempts = self._settings.connect_retries + 1
+        attempt = 0
+        while True:
+            try:
+                return await session.request(method, url, data=data, headers=headers)
+            except _RETRIED as exc:
+                attempt += 1
+                if attempt < attempts:
+                    await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
+                    continue
+                raise UpstreamUnavailable(
+                    f"cannot connect to vLLM at {self.url} after {attempts} attempts ({exc!r}); "
+                    f"start it (deploy/vllm/serve.sh) or fix llm.vllm_url"
+                ) from exc
+            except _BROKEN as exc:
+                raise self._broken(exc, method, path) from exc
+
+    async def read(self, response: aiohttp.ClientResponse, method: str, path: str) -> Answer:
+        try:
+            content = await response.read()
+        except _BROKEN as exc:
+            raise self._broken(exc, method, path) from exc
+        return Answer(response.status, response.reason or "", content)
+
+    def _broken(self, exc: Exception, method: str, path: str) -> UpstreamUnavailable:
+        if isinstance(exc, TimeoutError):
+            return UpstreamUnavailable(
+                f"vLLM at {self.url} did not answer {method} {path} within "
+                f"{self._settings.timeout_s:g} s; it may be overloaded: retry later or raise "
+                f"llm.timeout_s"
+            )
+        return UpstreamUnavailable(
+            f"the connection to vLLM at {self.url} failed during {method} {path} "
+            f"({exc!r}); check that the server is still running"
+        )
+
+    def raise_from_body(self, body: dict[str, Any], doing: str) -> NoReturn:
+        # Mid-stream errors come as {"error": {...}} or, from older servers, flat.
+        error = body.get("error", body)
+        message = str(error.get("message") if isinstance(error, dict) else error)
+        code = error.get("code") if isinstance(error, dict) else None
+        self.raise_status(code if isinstance(code, int) else 500, message, doing)
+
+    def raise_status(self, status: int, message: str, doing: str) -> NoReturn:
+        if status in (401, 403):
+            raise UpstreamUnavailable(
+                f"vLLM at {self.url} refused {doing} ({status}: {message}); set llm.api_key "
+                f"to the key vLLM was started with (--api-key)"
+            )
+        if status >= 500 or status == 0:
+            hint = "its engine has died: restart vLLM" if engine_dead(status, message) else ""
+            raise UpstreamUnavailable(
+                f"vLLM at {self.url} failed {doing} ({status}: {message}); "
+                f"{hint or 'check its log and retry'}"
+            )
+        raise InvalidInput(f"vLLM rejected {doing} ({status}): {message}")
+
+
+def engine_dead(status: int, message: str) -> bool:
+    return status in (502, 503, 504) or any(m in message for m in _DEAD_ENGINE_MARKERS)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A whole HTTP answer from vLLM."""
+
+    status: int
+    reason: str
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode(errors="replace")
+
+
+def error_message(answer: Answer) -> str:
+    """vLLM's error text: {"error": {"message"}}, {"message"}, {"detail"} or plain text."""
+    try:
+        body = json.loads(answer.content)
+    except ValueError:
+        return answer.text.strip() or answer.reason
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and "message" in error:
+            return str(error["message"])
+        for key in ("message", "detail"):
+            if key in body:
+                return str(body[key])
+    return answer.text.strip()
+
+
+def parse_json(answer: Answer, url: str) -> dict[str, Any]:
+    try:
+        data = json.loads(answer.content)
+    except ValueError as exc:
+        raise UpstreamUnavailable(
+            f"vLLM at {url} answered with something other than JSON; is llm.vllm_url a vLLM "
+            f"OpenAI server?"
+        ) from exc
+    if not isinstance(data, dict):
+        raise UpstreamUnavailable(f"vLLM at {url} answered with unexpected JSON: {data!r:.200}")
+    return data
+
+
+async def sse_data(response: aiohttp.ClientResponse, url: str) -> AsyncGenerator[str, None]:
+    """The `data:` payloads of a server-sent event stream."""
+    # Split lines ourselves: aiohttp's readline refuses lines longer than its buffer, and
+    # a chunk of a long answer (or its token ids) can be one long line.
+    pending = b""
+    try:
+        async for piece in response.content.iter_any():
+            *lines, pending = (pending + piece).split(b"\n")
+            for line in lines:
+                if line.startswith(b"data:"):
+                    yield line[5:].strip().decode()
+        if pending.startswith(b"data:"):
+            yield pending[5:].strip().decode()
+    except _BROKEN as exc:
+        raise UpstreamUnavailable(
+            f"the stream from vLLM at {url} broke off ({exc!r}); check that it is still running"
+        ) from exc
