@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -99,8 +100,14 @@ class LLMSettings(_Section):
         return self.backend == "vllm" or (self.backend == "auto" and bool(self.vllm_urls()))
 
 
+API_KEY_MIN_LENGTH = 16
+_KEY_ADVICE = (
+    f"use random keys of at least {API_KEY_MIN_LENGTH} characters (e.g. `openssl rand -hex 32`)"
+)
+
+
 class ApiSettings(_Section):
-    """The HTTP service: where it listens, its routes file and its limits."""
+    """The HTTP service: where it listens, its routes file, its limits and its API keys."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65_535)
@@ -113,6 +120,41 @@ class ApiSettings(_Section):
     # Retrieval plus generation; past it the caller gets 503 with Retry-After.
     request_timeout_s: float = Field(default=120.0, gt=0)
     retry_after_s: int = Field(default=5, ge=1)
+    # Bearer keys for the user endpoints (chat, summarize, OpenAI); empty means open, as behind
+    # a gateway. Several so that a key can be rotated without downtime. NoDecode: the env
+    # value is parsed below, so a value that is not a JSON list gets a message, not a traceback.
+    keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+
+    @field_validator("keys", mode="before")
+    @classmethod
+    def _keys_list(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise ValueError(
+                'api.keys must be a JSON list, e.g. RAGTUNE_API__KEYS=\'["key-1", "key-2"]\''
+            ) from None
+
+    @field_validator("keys")
+    @classmethod
+    def _keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        for i, key in enumerate(keys):
+            value = key.get_secret_value()
+            if not value.strip():
+                raise ValueError(f"api.keys[{i}] is empty; {_KEY_ADVICE}")
+            if not all(33 <= ord(c) <= 126 for c in value):
+                # It travels in an HTTP header, which strips spaces and may not carry the rest.
+                raise ValueError(
+                    f"api.keys[{i}] has spaces or characters that are not printable ASCII; "
+                    f"{_KEY_ADVICE}"
+                )
+            if len(value) < API_KEY_MIN_LENGTH:
+                raise ValueError(
+                    f"api.keys[{i}] is shorter than {API_KEY_MIN_LENGTH} characters; {_KEY_ADVICE}"
+                )
+        return keys
 
 
 class AdminSettings(_Section):
@@ -148,6 +190,9 @@ class Settings(BaseSettings):
         env_prefix="RAGTUNE_",
         env_nested_delimiter="__",
         extra="forbid",
+        # A refused value is often a secret (a key, a token): errors name the setting and why,
+        # never the value.
+        hide_input_in_errors=True,
     )
 
     environment: Literal["development", "production"] = "development"
@@ -177,6 +222,13 @@ class Settings(BaseSettings):
             ):
                 if secret is not None:
                     _refuse_placeholder(name, secret)
+        if self.admin.token is not None and any(
+            key.get_secret_value() == self.admin.token.get_secret_value() for key in self.api.keys
+        ):
+            raise ValueError(
+                "admin.token is also one of api.keys: an API key must not open the admin API; "
+                "give the admin API a token of its own"
+            )
         if self.llm.backend == "vllm" and not self.llm.vllm_urls():
             raise ValueError("llm.backend is 'vllm' but llm.vllm_url is not set")
         return self

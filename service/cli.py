@@ -66,20 +66,30 @@ def _server_class() -> type:
 
 
 def banner(settings: Settings) -> str:
-    """What to do once the server is up: the URL and two requests that work."""
+    """What to do once the server is up: the URL and two requests that work (with a key
+    placeholder when api.keys is set: the keys themselves are never printed)."""
     host = settings.api.host
     shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
     url = f"http://{shown}:{settings.api.port}"
+    if settings.api.keys:
+        note = (
+            "\n  API keys are on: export RAGTUNE_API_KEY=<one of RAGTUNE_API__KEYS> first "
+            "(keys are not printed).\n"
+        )
+        header = '-H "Authorization: Bearer $RAGTUNE_API_KEY" \\\n    '
+        imports, api_key = "import os\n", 'os.environ["RAGTUNE_API_KEY"]'
+    else:
+        note, header, imports, api_key = "", "", "", '"unused"'
     return f"""
 ragtune is serving on {url}  (docs: {url}/docs, metrics: {url}/metrics)
-
+{note}
   curl -s {url}/v1/chat -H 'content-type: application/json' \\
-    -d '{{"route": "chat", "messages": [{{"role": "user",
+    {header}-d '{{"route": "chat", "messages": [{{"role": "user",
           "content": "How does re-ingesting avoid duplicates?"}}]}}'
 
   python - <<'PY'
-from openai import OpenAI
-client = OpenAI(base_url="{url}/v1", api_key="unused")
+{imports}from openai import OpenAI
+client = OpenAI(base_url="{url}/v1", api_key={api_key})
 answer = client.chat.completions.create(
     model="chat", messages=[{{"role": "user", "content": "What does ragtune do?"}}]
 )

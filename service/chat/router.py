@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from service.auth import ApiKeyRoute
 from service.chat.schemas import (
     ChatRequest,
     ChatResponse,
@@ -21,7 +22,8 @@ from service.errors import describe
 from service.routes.schemas import GENERATION_FIELDS
 from service.sse import DONE, event, sse_response
 
-router = APIRouter(tags=["chat"])
+# Behind the API keys when api.keys is set.
+router = APIRouter(tags=["chat"], route_class=ApiKeyRoute)
 
 
 @router.post("/v1/chat", response_model=ChatResponse)

@@ -7,12 +7,14 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from service.auth import ApiKeyRoute
 from service.deps import ChatDep
 from service.openai_api import service
 from service.openai_api.schemas import ChatCompletion, ChatCompletionRequest, ModelList
 from service.sse import sse_response
 
-router = APIRouter(tags=["openai"])
+# Behind the API keys when api.keys is set.
+router = APIRouter(tags=["openai"], route_class=ApiKeyRoute)
 _STARTED = int(time.time())
 
 

@@ -6,13 +6,15 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from service.auth import ApiKeyRoute
 from service.chat.schemas import UsageOut
 from service.deps import SummarizeDep
 from service.routes.schemas import GENERATION_FIELDS
 from service.summarize.schemas import SummarizedDocument, SummarizeRequest, SummarizeResponse
 from service.summarize.service import SummarizeCall
 
-router = APIRouter(tags=["summarize"])
+# Behind the API keys when api.keys is set.
+router = APIRouter(tags=["summarize"], route_class=ApiKeyRoute)
 
 
 @router.post("/v1/summarize", response_model=SummarizeResponse)
