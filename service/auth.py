@@ -13,6 +13,7 @@ from fastapi.routing import APIRoute
 from pydantic import SecretStr
 
 from service.deps import state_of
+from service.errors import CodedHTTPException
 
 MISSING_KEY = (
     "this endpoint needs an API key: send 'Authorization: Bearer <API key>' "
@@ -35,8 +36,11 @@ def authenticate(request: Request) -> None:
         raise HTTPException(401, MISSING_KEY, headers={"WWW-Authenticate": "Bearer"})
     if not accepts(keys, given):
         # RFC 6750's answer to a token that was sent but is not valid.
-        raise HTTPException(
-            401, WRONG_KEY, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        raise CodedHTTPException(
+            401,
+            WRONG_KEY,
+            code="invalid_api_key",  # OpenAI's code for it
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import logging
 import socket
 from pathlib import Path
@@ -65,6 +66,15 @@ def _server_class() -> type:
     return Server
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
 def banner(settings: Settings) -> str:
     """What to do once the server is up: the URL and two requests that work (with a key
     placeholder when api.keys is set: the keys themselves are never printed)."""
@@ -80,6 +90,11 @@ def banner(settings: Settings) -> str:
         imports, api_key = "import os\n", 'os.environ["RAGTUNE_API_KEY"]'
     else:
         note, header, imports, api_key = "", "", "", '"unused"'
+        if not _loopback(host):
+            note = (
+                f"\n  warning: listening on {host} with no API keys: anyone who can reach this "
+                "port can use the model; set RAGTUNE_API__KEYS (see docs/api.md).\n"
+            )
     return f"""
 ragtune is serving on {url}  (docs: {url}/docs, metrics: {url}/metrics)
 {note}

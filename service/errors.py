@@ -43,6 +43,16 @@ _HTTP_TYPES = {
 }
 
 
+class CodedHTTPException(HTTPException):
+    """An HTTPException whose OpenAI error body carries a `code` (e.g. "invalid_api_key")."""
+
+    def __init__(
+        self, status_code: int, detail: str, code: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(status_code, detail, headers)
+        self.code = code
+
+
 def error_body(
     message: str, type_: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
@@ -91,7 +101,8 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     @app.exception_handler(HTTPException)
     async def http(request: Request, exc: HTTPException) -> JSONResponse:
         type_ = _HTTP_TYPES.get(exc.status_code, "invalid_request_error")
-        response = respond(request, exc.status_code, error_body(str(exc.detail), type_))
+        code = exc.code if isinstance(exc, CodedHTTPException) else None
+        response = respond(request, exc.status_code, error_body(str(exc.detail), type_, code=code))
         if exc.headers:
             response.headers.update(exc.headers)
         return response

@@ -47,7 +47,12 @@ UNAUTHENTICATED = {
     "error": {"message": MISSING_KEY, "type": "authentication_error", "param": None, "code": None}
 }
 WRONG = {
-    "error": {"message": WRONG_KEY, "type": "authentication_error", "param": None, "code": None}
+    "error": {
+        "message": WRONG_KEY,
+        "type": "authentication_error",
+        "param": None,
+        "code": "invalid_api_key",
+    }
 }
 
 
@@ -292,6 +297,20 @@ def test_banner_shows_a_key_placeholder_when_keys_are_set(tmp_path: Path) -> Non
     open_ = banner(Settings(data_dir=tmp_path))
     assert "Authorization" not in open_
     assert 'api_key="unused"' in open_
+    assert "warning" not in open_  # 127.0.0.1 by default
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "ragtune.internal"])
+def test_banner_warns_when_listening_beyond_loopback_without_keys(
+    tmp_path: Path, host: str
+) -> None:
+    text = banner(Settings(data_dir=tmp_path, api={"host": host}))
+    assert f"warning: listening on {host} with no API keys" in text
+    assert "RAGTUNE_API__KEYS" in text
+    keyed = banner(Settings(data_dir=tmp_path, api={"host": host, "keys": list(KEYS)}))
+    assert "warning" not in keyed
+    for loopback in ("localhost", "127.0.0.1", "::1"):
+        assert "warning" not in banner(Settings(data_dir=tmp_path, api={"host": loopback}))
 
 
 # --- the official openai client, over a socket ----------------------------------------------
