@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -63,19 +64,35 @@ class Metrics:
 
     @contextmanager
     def timed(self, route: str, stage: str) -> Iterator[None]:
+        """Time a stage into the stage histogram, and into the request's Server-Timing
+        header when it ends before the answer's headers are sent."""
         start = time.perf_counter()
         try:
             yield
         finally:
-            self.stage.labels(route, stage).observe(time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            self.stage.labels(route, stage).observe(seconds)
+            timings = _stage_timings.get()
+            if timings is not None:
+                timings[stage] = timings.get(stage, 0.0) + seconds
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
+# The stages timed so far in the current request (see RequestMetrics).
+_stage_timings: ContextVar[dict[str, float] | None] = ContextVar("stage_timings", default=None)
+
+
+def server_timing(timings: dict[str, float]) -> str:
+    """A Server-Timing header value (W3C): `embed;dur=12.3, search;dur=2.1` in ms."""
+    return ", ".join(f"{stage};dur={1000 * s:.1f}" for stage, s in timings.items())
+
+
 class RequestMetrics:
     """Counts every request and times it to its last byte (streams included), labelled by
-    endpoint and by the route a handler put in `request.state.route_label`."""
+    endpoint and by the route a handler put in `request.state.route_label`; answers carry
+    a Server-Timing header with the stages (embed, search, generate) done before it."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -86,16 +103,23 @@ class RequestMetrics:
             return
         start = time.perf_counter()
         status = 500
+        timings: dict[str, float] = {}
+        token = _stage_timings.set(timings)
 
         async def watching(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                if timings:
+                    headers = [*message.get("headers", [])]
+                    headers.append((b"server-timing", server_timing(timings).encode()))
+                    message = {**message, "headers": headers}
             await send(message)
 
         try:
             await self.app(scope, receive, watching)
         finally:
+            _stage_timings.reset(token)
             metrics: Metrics | None = getattr(scope["app"].state, "metrics", None)
             if metrics is not None:
                 route = scope.get("route")

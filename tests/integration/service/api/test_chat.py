@@ -226,3 +226,14 @@ def _embedded_questions(client: TestClient) -> float:
         if line.startswith("ragtune_embed_batch_size_sum"):
             return float(line.split()[-1])
     raise AssertionError("no ragtune_embed_batch_size_sum in /metrics")
+
+
+def test_answers_carry_their_stage_times_in_server_timing(client: TestClient) -> None:
+    response = client.post("/v1/chat", json=ask("How do orchard keepers prune apple trees?"))
+    timing = response.headers["server-timing"]
+    stages = dict(part.split(";dur=") for part in timing.split(", "))
+    assert list(stages) == ["embed", "search", "generate"]
+    assert all(float(ms) > 0 for ms in stages.values())
+    plain = client.post("/v1/chat", json=ask("hello", route="chat-plain"))
+    assert plain.headers["server-timing"].startswith("generate;dur=")
+    assert "server-timing" not in client.get("/healthz").headers
