@@ -9,8 +9,9 @@ ragtune's). For each concurrency level, four modes:
 - vLLM direct with the exact body ragtune sends for route `chat-plain` (captured from ragtune);
 - ragtune `/v1/chat/completions`, route `chat-plain` (no retrieval);
 - vLLM direct with the exact body ragtune sends for route `chat` (system prompt with sources);
-- ragtune, route `chat` (hybrid retrieval); its retrieval time (embed + search, the mean from
-  ragtune's own /metrics for those same requests) is subtracted to get the overhead.
+- ragtune, route `chat` (hybrid retrieval); each request's own retrieval time (embed +
+  search, from the Server-Timing header of its answer) is subtracted from its latency to
+  get the overhead.
 
 The callers run in a process of their own, so their work never competes with ragtune's for
 the GIL, and the CPU time of this process per request is ragtune's own: on a machine where
@@ -144,19 +145,33 @@ class Run:
     """Requests of one mode at one concurrency level, from one or more interleaved rounds."""
 
     latencies_s: list[float] = field(default_factory=list)
+    # Each request's embed + search time, from ragtune's Server-Timing header (0 for direct
+    # calls and for routes without retrieval).
+    retrievals_s: list[float] = field(default_factory=list)
     wall_s: float = 0.0
     # CPU time of ragtune's process (this one): next to none for direct calls.
     cpu_s: float = 0.0
 
     def add(self, other: Run) -> None:
         self.latencies_s += other.latencies_s
+        self.retrievals_s += other.retrievals_s
         self.wall_s += other.wall_s
         self.cpu_s += other.cpu_s
 
-    def p(self, q: float) -> float:
-        """The q-quantile latency in ms (nearest rank)."""
-        ordered = sorted(self.latencies_s)
+    def p(self, q: float, *, net: bool = False) -> float:
+        """The q-quantile latency in ms (nearest rank); `net`: each request's latency less
+        its own retrieval time."""
+        values = self.net_s if net else self.latencies_s
+        ordered = sorted(values)
         return 1000 * ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+    @property
+    def net_s(self) -> list[float]:
+        return [t - r for t, r in zip(self.latencies_s, self.retrievals_s, strict=True)]
+
+    @property
+    def retrieval_ms(self) -> float:
+        return 1000 * sum(self.retrievals_s) / len(self.retrievals_s)
 
     @property
     def mean_ms(self) -> float:
@@ -276,30 +291,38 @@ def capture(
 _JSON = {"Content-Type": "application/json"}
 
 
-async def post(client: aiohttp.ClientSession, url: str, body: bytes) -> None:
+async def post(client: aiohttp.ClientSession, url: str, body: bytes) -> float:
+    """Send `body`; the retrieval seconds (embed + search) the answer's Server-Timing header
+    reports, 0 if none."""
     async with client.post(url, data=body, headers=_JSON) as response:
         if response.status != 200:
             raise RuntimeError(f"{url} answered {response.status}: {(await response.text())[:500]}")
         await response.json()  # as a real caller would
+        timing = response.headers.get("server-timing", "")
+    stages = dict(part.split(";dur=") for part in timing.split(", ") if ";dur=" in part)
+    return sum(float(stages.get(stage, 0.0)) for stage in ("embed", "search")) / 1000
 
 
 async def load(
     client: aiohttp.ClientSession, url: str, bodies: Sequence[bytes], n: int, clients: int
-) -> tuple[list[float], float]:
+) -> tuple[list[float], list[float], float]:
     """`n` requests from `clients` concurrent callers, each sending its next one when the last
-    is answered, the bodies in turn: each request's latency, and the wall time (s)."""
+    is answered, the bodies in turn: each request's latency and retrieval time, and the wall
+    time (s)."""
     latencies: list[float] = []
+    retrievals: list[float] = []
     counter = iter(range(n))
 
     async def caller() -> None:
         for i in counter:
             started = time.perf_counter()
-            await post(client, url, bodies[i % len(bodies)])
+            retrieval = await post(client, url, bodies[i % len(bodies)])
             latencies.append(time.perf_counter() - started)
+            retrievals.append(retrieval)
 
     started = time.perf_counter()
     await asyncio.gather(*(caller() for _ in range(clients)))
-    return latencies, time.perf_counter() - started
+    return latencies, retrievals, time.perf_counter() - started
 
 
 Job = tuple[str, list[dict[str, Any]], int, int]
@@ -351,8 +374,8 @@ class LoadGenerator:
         cpu = time.process_time() - cpu
         if isinstance(answer, str):
             raise RuntimeError(f"the load generator failed: {answer}")
-        latencies, wall = answer
-        return Run(latencies, wall, cpu * n / (n + clients))
+        latencies, retrievals, wall = answer
+        return Run(latencies, retrievals, wall, cpu * n / (n + clients))
 
     def close(self) -> None:
         self._conn.send(None)
@@ -398,9 +421,7 @@ class Level:
     @property
     def retrieval_ms(self) -> float:
         """Mean embed + search per request with retrieval on."""
-        t, route = self.timings["ragtune-rag"], ROUTES["rag"]
-        seconds = t[f"{route} embed_sum"] + t[f"{route} search_sum"]
-        return 1000 * seconds / t[f"{route} search_count"]
+        return self.runs["ragtune-rag"].retrieval_ms
 
     def inside_ms(self, kind: str) -> float:
         """Mean time ragtune's app held a request outside retrieval and the backend call."""
@@ -414,15 +435,17 @@ class Level:
         )
 
     def added_ms(self, kind: str, mean: bool = False) -> float:
-        """ragtune's p50 (or mean) over the direct one, less the mean retrieval time for `rag`.
+        """The p50 (or mean) of ragtune's latencies, each less its own retrieval time, over
+        the direct calls' p50 (mean).
 
-        Means add up (ragtune = backend + retrieval + overhead) as long as the backend sees
-        the same load; with concurrent callers, retrieval queues and spaces out the requests
-        that reach vLLM, so the `rag` figure can even come out negative.
+        With concurrent callers, retrieval queues (one embedder, one embedded Qdrant) and so
+        spaces out the requests that reach vLLM, which then answers them faster than the
+        direct calls that arrive together: the `rag` figure can come out negative.
         """
         ragtune, direct = self.runs[f"ragtune-{kind}"], self.runs[f"direct-{kind}"]
-        extra = ragtune.mean_ms - direct.mean_ms if mean else ragtune.p(0.5) - direct.p(0.5)
-        return extra - (self.retrieval_ms if kind == "rag" else 0.0)
+        if mean:
+            return 1000 * sum(ragtune.net_s) / len(ragtune.net_s) - direct.mean_ms
+        return ragtune.p(0.5, net=True) - direct.p(0.5)
 
 
 def measure(
@@ -506,10 +529,10 @@ def report(
             f"{runs['ragtune-rag'].per_s / runs['direct-rag'].per_s:>7.2f}  {verdict}"
         )
     print(
-        "p50, mean: ragtune's latency less the direct call's, less the mean retrieval time "
-        "when on;\ninside: mean time ragtune's app held a request outside retrieval and the "
-        "vLLM call (its /metrics);\nretrieval: mean embed + search per request (its /metrics, "
-        "the same requests); req/s ratio: ragtune / direct"
+        "p50, mean: of ragtune's latencies, each less its own retrieval time when on, less the "
+        "direct calls' p50, mean;\ninside: mean time ragtune's app held a request outside "
+        "retrieval and the vLLM call (its /metrics);\nretrieval: mean embed + search per "
+        "request (each answer's Server-Timing header); req/s ratio: ragtune / direct"
     )
 
 
