@@ -81,6 +81,10 @@ def create_app(settings: Settings, backends: BackendFactory = build_backends) ->
         from service.admin.router import router as admin_router
 
         app.include_router(admin_router, prefix=ADMIN_PREFIX)
+    if settings.api.keys:
+        from service.auth import document_api_keys
+
+        document_api_keys(app, [chat_router, summarize_router, openai_router])
     return app
 
 

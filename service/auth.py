@@ -8,8 +8,8 @@ import hmac
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from fastapi import HTTPException, Request, Response
-from fastapi.routing import APIRoute
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.routing import APIRoute, APIRouter
 from pydantic import SecretStr
 
 from service.deps import state_of
@@ -68,3 +68,33 @@ class ApiKeyRoute(APIRoute):
             return await handler(request)
 
         return authenticated
+
+
+def document_api_keys(app: FastAPI, routers: Sequence[APIRouter]) -> None:
+    """Declare the bearer scheme in the OpenAPI schema, on the operations of `routers` (as
+    included, without a prefix) that need a key, so that /docs offers to send one
+    ("Authorize"). Only called when api.keys is set."""
+    build = app.openapi
+    protected = {
+        route.path
+        for router in routers
+        for route in router.routes
+        if isinstance(route, ApiKeyRoute)
+    }
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+            schemes["apiKey"] = {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "One of the server's API keys (api.keys)",
+            }
+            for path, operations in schema.get("paths", {}).items():
+                if path in protected:
+                    for operation in operations.values():
+                        operation["security"] = [{"apiKey": []}]
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]

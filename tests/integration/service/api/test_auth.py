@@ -214,6 +214,25 @@ def test_no_keys_means_open(tiny_model: TinyModel, tmp_path: Path) -> None:
     with running_app(settings, lambda _: [ScriptedBackend()]) as client:
         assert client.get("/v1/models").status_code == 200
         assert client.get("/v1/models", headers=bearer("anything")).status_code == 200
+        schema = client.get("/openapi.json").json()
+    assert "securitySchemes" not in schema.get("components", {})
+    assert "security" not in schema["paths"]["/v1/chat"]["post"]
+
+
+def test_the_openapi_schema_declares_the_key_on_the_user_endpoints(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
+    paths = schema["paths"]
+    for path, method in [
+        ("/v1/chat", "post"),
+        ("/v1/summarize", "post"),
+        ("/v1/chat/completions", "post"),
+        ("/v1/models", "get"),
+    ]:
+        assert paths[path][method]["security"] == [{"apiKey": []}], path
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert "security" not in paths[path]["get"], path
+    assert client.get("/docs").status_code == 200
 
 
 def test_accepts_compares_with_every_key() -> None:
