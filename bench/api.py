@@ -36,8 +36,6 @@ import importlib
 import json
 import os
 import tempfile
-import threading
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,27 +98,11 @@ class RecordingVLLM(VLLMBackend):
 @contextmanager
 def ragtune_server(settings: Settings, recorder: Recorder) -> Iterator[str]:
     """ragtune under uvicorn on a thread of this process, its lifespan run; yields its URL."""
-    import uvicorn
-
     from service.app import create_app
-    from service.llm.vllm_server import free_port
+    from service.local_server import serve_in_thread
 
-    port = free_port()
-    app = create_app(settings, lambda s: [RecordingVLLM(s.llm, recorder)])
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="ragtune", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 300
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("ragtune did not start; its log above says why")
-        time.sleep(0.1)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
+    with serve_in_thread(create_app(settings, lambda s: [RecordingVLLM(s.llm, recorder)])) as url:
+        yield url
 
 
 @contextmanager

@@ -23,7 +23,6 @@ import secrets
 import shutil
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -77,28 +76,11 @@ class EngineResult:
 @contextmanager
 def api_server(settings: Settings) -> Iterator[str]:
     """ragtune under uvicorn on a thread of this process, its lifespan run; yields its URL."""
-    import uvicorn
-
     from service.app import create_app
-    from service.llm.vllm_server import free_port
+    from service.local_server import serve_in_thread
 
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", access_log=False
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="ragtune-api", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 300
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the API did not start; its log above says why")
-        time.sleep(0.1)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=120)
+    with serve_in_thread(create_app(settings)) as url:
+        yield url
 
 
 def api_settings(workdir: Path, model: str, token: str, **llm: Any) -> Settings:

@@ -6,17 +6,12 @@ the official `openai` client runs against a real server on a socket."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
@@ -26,7 +21,7 @@ from ragtune.settings import Settings
 from service.app import create_app
 from service.auth import MISSING_KEY, WRONG_KEY, accepts
 from service.cli import banner
-from service.llm.vllm_server import free_port
+from service.local_server import serve_in_thread
 from tests.conftest import TinyModel
 from tests.fixtures.api import ADMIN_TOKEN, admin_headers, api_settings, ingest_corpus, running_app
 from tests.fixtures.scripted_backend import ScriptedBackend
@@ -335,34 +330,13 @@ def test_banner_warns_when_listening_beyond_loopback_without_keys(
 # --- the official openai client, over a socket ----------------------------------------------
 
 
-@contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """`app` under uvicorn on a free port, in a thread of this process; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120.0
-    while not server.started:
-        if not thread.is_alive():
-            pytest.fail("the in-process server stopped before it started")
-        if time.monotonic() > deadline:
-            pytest.fail("the in-process server did not start within 120 s")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def server_url(
     tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory, backend: ScriptedBackend
 ) -> Iterator[str]:
     # Its own data dir: the embedded Qdrant folder can be opened by one app at a time.
     settings = keyed_settings(tmp_path_factory.mktemp("auth-socket"), tiny_model.path)
-    with serve(create_app(settings, lambda _: [backend])) as url:
+    with serve_in_thread(create_app(settings, lambda _: [backend])) as url:
         yield url
 
 
