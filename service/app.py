@@ -21,6 +21,7 @@ from ragtune.errors import RagtuneError
 from ragtune.settings import Settings
 from service.chat.service import ChatService
 from service.errors import install_error_handlers
+from service.heap import frozen_startup_heap
 from service.hotswap.manager import AdapterManager
 from service.limits import BodySizeLimit
 from service.llm.backend import Backend
@@ -49,7 +50,8 @@ def create_app(settings: Settings, backends: BackendFactory = build_backends) ->
         app.state.metrics = state.metrics
         await state.adapters.start()
         try:
-            yield {"services": state}
+            with frozen_startup_heap():
+                yield {"services": state}
         finally:
             await state.adapters.stop()
             await state.backend.aclose()

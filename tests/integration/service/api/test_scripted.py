@@ -3,6 +3,7 @@ boundary: citation markers, backend and Qdrant failures, timeouts, errors mid-st
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,6 +125,16 @@ def plain_settings(tmp_path: Path, tiny_model: TinyModel) -> Settings:
 
 def plain(**extra: Any) -> dict[str, Any]:
     return {"route": "chat-plain", "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+def test_the_start_up_heap_is_frozen_while_serving(plain_settings: Settings) -> None:
+    """What lives as long as the app (made before it started) is out of the garbage
+    collector's full passes while it serves, and back in them once it stops."""
+    startup = ["made before the app started"]  # a list: always tracked by the collector
+    with running_app(plain_settings, lambda _: [ScriptedBackend("hi")]) as client:
+        assert client.post("/v1/chat", json=plain()).status_code == 200
+        assert not any(o is startup for o in gc.get_objects())
+    assert any(o is startup for o in gc.get_objects())
 
 
 def test_backend_down_gives_503_with_retry_after(plain_settings: Settings) -> None:
