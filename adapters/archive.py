@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from adapters.lora import CONFIG_FILE
+from engine.lora import CONFIG_FILE
 from ragtune.errors import InvalidInput
 
 CHUNK_BYTES = 1024 * 1024

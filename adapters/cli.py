@@ -19,9 +19,9 @@ from adapters.registry import Registry
 from adapters.remote_cli import add_remote_commands
 from adapters.train import TrainOptions
 from adapters.validate import ModelSpec
+from engine.model import resolve_base_model
 from ragtune.errors import InvalidInput, NotFound, RagtuneError
 from ragtune.settings import Settings
-from service.llm.model import resolve_base_model
 
 _BASE_HELP = "base model folder (default: RAGTUNE_LLM__MODEL or the prepared default model)"
 _SYNC_NOTE = (

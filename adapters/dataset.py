@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from engine.types import ChatMessage
 from ragtune.errors import InvalidInput, NotFound
-from service.llm.types import ChatMessage
 
 # Label value that PyTorch's cross-entropy ignores: prompt tokens and padding.
 IGNORE = -100

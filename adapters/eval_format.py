@@ -13,9 +13,9 @@ from typing import Any
 from tqdm import tqdm
 
 from adapters.dataset import ChatRecord, read_chat_jsonl
+from engine.types import ChatMessage, GenerationRequest, SamplingParams
 from ragtune.errors import InvalidInput
 from ragtune.settings import LLMSettings
-from service.llm.types import ChatMessage, GenerationRequest, SamplingParams
 
 ADAPTER_NAME = "eval-adapter"
 
@@ -132,7 +132,7 @@ def evaluate_format(
     Shots come from `shots_from`, else from the first records of `data`, which are then left
     out of every row's scoring so the rows stay comparable.
     """
-    from service.llm.embedded import EmbeddedBackend
+    from engine.embedded import EmbeddedBackend
 
     records = read_chat_jsonl(data)
     shots: list[ChatRecord] = []

@@ -25,7 +25,7 @@ from adapters.dataset import (
     read_chat_jsonl,
     tokenize_record,
 )
-from adapters.lora import UNSERVABLE_TARGETS, check_servable, read_lora_config
+from engine.lora import UNSERVABLE_TARGETS, check_servable, read_lora_config
 from ragtune.errors import AdapterError, InvalidInput, NotFound
 from ragtune.settings import VLLM_LORA_RANKS
 

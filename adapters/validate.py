@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters.lora import CONFIG_FILE, WEIGHTS_FILE, LoraInfo, check_servable, read_lora_config
+from engine.lora import CONFIG_FILE, WEIGHTS_FILE, LoraInfo, check_servable, read_lora_config
 from ragtune.errors import AdapterError, NotFound
 
 # Loading any of these runs pickle, which can execute code; only safetensors is accepted.

@@ -54,10 +54,10 @@ from typing import Any
 import httpx
 
 from bench.loadgen import LoadGenerator, Pinning, Run, cpu_list, pin_process
+from engine.types import Completion, GenerationRequest
+from engine.vllm import VLLMBackend
+from engine.vllm_cpu import VLLMServer
 from ragtune.settings import LLMSettings, Settings
-from service.llm.types import Completion, GenerationRequest
-from service.llm.vllm import VLLMBackend
-from service.llm.vllm_server import VLLMServer
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_MS = 5.0
@@ -106,8 +106,8 @@ class RecordingVLLM(VLLMBackend):
 @contextmanager
 def ragtune_server(settings: Settings, recorder: Recorder) -> Iterator[str]:
     """ragtune under uvicorn on a thread of this process, its lifespan run; yields its URL."""
+    from bench.local_server import serve_in_thread
     from service.app import create_app
-    from service.local_server import serve_in_thread
 
     with serve_in_thread(create_app(settings, lambda s: [RecordingVLLM(s.llm, recorder)])) as url:
         yield url
@@ -117,7 +117,7 @@ def ragtune_server(settings: Settings, recorder: Recorder) -> Iterator[str]:
 def serve_vllm_on(pinning: Pinning, model: Path, log: Path) -> Iterator[VLLMServer]:
     """vLLM-CPU on the pinning's other cores (its processes inherit this one's affinity, its
     OpenMP threads are bound there); this process is on ragtune's cores once it is up."""
-    from service.llm.vllm_server import serve_vllm
+    from engine.vllm_cpu import serve_vllm
 
     saved = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
     if pinning.others is not None:

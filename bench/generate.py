@@ -19,9 +19,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from engine.backend import Backend
+from engine.types import ChatMessage, GenerationRequest, SamplingParams
 from ragtune.settings import LLMSettings, Settings
-from service.llm.backend import Backend
-from service.llm.types import ChatMessage, GenerationRequest, SamplingParams
 
 PROMPT = "Write a Python function that returns the n-th Fibonacci number, with a docstring."
 ADAPTERS = ("bench-a", "bench-b")
@@ -97,7 +97,7 @@ async def measure(
 
 @asynccontextmanager
 async def embedded(model: str) -> AsyncIterator[Backend]:
-    from service.llm.embedded import EmbeddedBackend
+    from engine.embedded import EmbeddedBackend
 
     engine = EmbeddedBackend.load(model, LLMSettings(dtype="float32"))
     try:
@@ -108,8 +108,8 @@ async def embedded(model: str) -> AsyncIterator[Backend]:
 
 @asynccontextmanager
 async def vllm(model: str, log: Path) -> AsyncIterator[Backend]:
-    from service.llm.vllm import VLLMBackend
-    from service.llm.vllm_server import serve_vllm
+    from engine.vllm import VLLMBackend
+    from engine.vllm_cpu import serve_vllm
 
     with serve_vllm(Path(model), log, dtype="float32", max_lora_rank=16, max_loras=4) as server:
         engine = VLLMBackend(LLMSettings(vllm_url=server.url, served_model_name="base"))
@@ -143,7 +143,7 @@ def main() -> None:
     if args.model:
         model = args.model
     else:
-        from service.llm.model import resolve_base_model
+        from engine.model import resolve_base_model
 
         model = resolve_base_model(Settings())
     with tempfile.TemporaryDirectory() as tmp:

@@ -76,8 +76,8 @@ class EngineResult:
 @contextmanager
 def api_server(settings: Settings) -> Iterator[str]:
     """ragtune under uvicorn on a thread of this process, its lifespan run; yields its URL."""
+    from bench.local_server import serve_in_thread
     from service.app import create_app
-    from service.local_server import serve_in_thread
 
     with serve_in_thread(create_app(settings)) as url:
         yield url
@@ -279,7 +279,7 @@ async def measure(url: str, token: str, args: argparse.Namespace) -> EngineResul
 
 
 def run_engine(engine: str, model: str, workdir: Path, args: argparse.Namespace) -> EngineResult:
-    from service.llm.vllm_server import serve_vllm
+    from engine.vllm_cpu import serve_vllm
 
     token = secrets.token_hex(16)
     home = workdir / engine
@@ -355,7 +355,7 @@ def main() -> None:
         elif args.model:
             model = str(Path(args.model).resolve())
         else:
-            from service.llm.model import resolve_base_model
+            from engine.model import resolve_base_model
 
             model = resolve_base_model(Settings())
         make_adapters(model, workdir / "adapters")

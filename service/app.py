@@ -14,6 +14,10 @@ from fastapi import FastAPI
 from adapters.audit import AuditLog
 from adapters.registry import Registry
 from adapters.validate import ModelSpec
+from engine.backend import Backend
+from engine.factory import build_backends
+from engine.pool import BackendPool
+from engine.tokens import TokenCounter
 from ingest.embedder import Embedder
 from ingest.sparse import SparseEncoder
 from ingest.store import open_qdrant
@@ -24,10 +28,6 @@ from service.errors import install_error_handlers
 from service.heap import frozen_startup_heap
 from service.hotswap.manager import AdapterManager
 from service.limits import BodySizeLimit
-from service.llm.backend import Backend
-from service.llm.factory import build_backends
-from service.llm.pool import BackendPool
-from service.llm.tokens import TokenCounter
 from service.metrics import Metrics, RequestMetrics
 from service.rag.retrieval import RetrievalService
 from service.routes.loader import load_routes, routes_path
@@ -136,7 +136,7 @@ async def _build(settings: Settings, routes: dict[str, Any], backends: BackendFa
 
 def _model_spec(settings: Settings) -> ModelSpec | None:
     """The served base model's shapes, to validate adapters against; None if not on disk."""
-    from service.llm.model import resolve_base_model
+    from engine.model import resolve_base_model
 
     try:
         return ModelSpec.from_model_dir(Path(resolve_base_model(settings)))

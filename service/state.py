@@ -8,10 +8,10 @@ from qdrant_client import QdrantClient
 
 from adapters.audit import AuditLog
 from adapters.registry import Registry
+from engine.pool import BackendPool
 from ragtune.settings import Settings
 from service.chat.service import ChatService
 from service.hotswap.manager import AdapterManager
-from service.llm.pool import BackendPool
 from service.metrics import Metrics
 from service.rag.retrieval import RetrievalService
 from service.routes.schemas import RouteSpec

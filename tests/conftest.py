@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from qdrant_client import QdrantClient
 
+from engine.vllm_cpu import VLLMServer, missing_venv_message, serve_vllm, vllm_venv
 from ingest.chunking import Chunker
 from ingest.embedder import Embedder
 from ingest.pipeline import Ingester
 from ingest.sparse import SparseEncoder
 from ragtune.settings import ChunkingSettings, EmbeddingSettings, Settings, SparseSettings
-from service.llm.vllm_server import VLLMServer, missing_venv_message, serve_vllm, vllm_venv
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

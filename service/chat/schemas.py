@@ -6,8 +6,8 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.types import ChatMessage, FinishReason, Usage
 from ingest.search import Mode
-from service.llm.types import ChatMessage, FinishReason, Usage
 from service.rag.citations import CitationCheck
 from service.rag.context import Source
 

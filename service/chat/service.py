@@ -10,13 +10,9 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ingest.search import FilterValue, Mode
-from ragtune.errors import InvalidInput, NotFound, UpstreamUnavailable
-from ragtune.settings import ApiSettings
-from service.hotswap.manager import AdapterManager
-from service.llm.backend import Backend
-from service.llm.tokens import TokenCounter
-from service.llm.types import (
+from engine.backend import Backend
+from engine.tokens import TokenCounter
+from engine.types import (
     ChatMessage,
     Completion,
     FinishReason,
@@ -25,6 +21,10 @@ from service.llm.types import (
     StreamDelta,
     Usage,
 )
+from ingest.search import FilterValue, Mode
+from ragtune.errors import InvalidInput, NotFound, UpstreamUnavailable
+from ragtune.settings import ApiSettings
+from service.hotswap.manager import AdapterManager
 from service.metrics import Metrics
 from service.rag.citations import CitationCheck, StreamingCitations
 from service.rag.context import Source, pack_sources, render_context

@@ -20,8 +20,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from adapters.registry import AliasRecord, Registry
+from engine.pool import BackendPool
 from ragtune.errors import InvalidInput, NotFound, RagtuneError
-from service.llm.pool import BackendPool
 
 log = logging.getLogger(__name__)
 

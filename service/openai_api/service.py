@@ -7,10 +7,10 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from engine.types import ChatMessage
 from ragtune.errors import InvalidInput
 from service.chat.schemas import citations_out, sources_out
 from service.chat.service import ChatCall, ChatResult, ChatService, DeltaEvent, SourcesEvent
-from service.llm.types import ChatMessage
 from service.openai_api.schemas import (
     ChatCompletion,
     ChatCompletionRequest,

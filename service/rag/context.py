@@ -6,8 +6,8 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from engine.tokens import TokenCounter, cut_at
 from ingest.search import Hit
-from service.llm.tokens import TokenCounter, cut_at
 
 # A source needs at least this many tokens of text to be worth including after a cut.
 _MIN_SOURCE_TOKENS = 32

@@ -6,8 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from engine.types import FinishReason
 from service.chat.schemas import UsageOut
-from service.llm.types import FinishReason
 
 FilterValue = str | int | bool
 

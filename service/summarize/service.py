@@ -8,10 +8,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.tokens import TokenCounter
+from engine.types import ChatMessage, Completion, FinishReason, GenerationRequest, Usage
 from ragtune.errors import InvalidInput, UpstreamUnavailable
 from service.chat.service import ChatService
-from service.llm.tokens import TokenCounter
-from service.llm.types import ChatMessage, Completion, FinishReason, GenerationRequest, Usage
 from service.metrics import Metrics
 from service.rag.retrieval import Document, Filters, RetrievalService
 from service.routes.schemas import RouteSpec, SummarizeSpec

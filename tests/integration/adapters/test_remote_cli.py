@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from ragtune.cli import main
+from cli.main import main
 from service.app import create_app
 from tests.conftest import TinyModel
 from tests.fixtures.api import ADMIN_TOKEN, api_settings

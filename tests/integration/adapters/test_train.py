@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from adapters.eval_format import evaluate_format
-from adapters.lora import read_lora_config
 from adapters.train import REPORT_FILE, TrainOptions, TrainReport, train_lora
-from ragtune.cli import main
+from cli.main import main
+from engine.embedded import EmbeddedBackend
+from engine.lora import read_lora_config
+from engine.types import ChatMessage, GenerationRequest, SamplingParams
 from ragtune.errors import AdapterError, InvalidInput
 from ragtune.settings import LLMSettings
-from service.llm.embedded import EmbeddedBackend
-from service.llm.types import ChatMessage, GenerationRequest, SamplingParams
 from tests.conftest import TinyModel
 
 SYSTEM = "Answer in JSON."

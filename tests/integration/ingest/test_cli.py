@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ragtune.cli import main
+from cli.main import main
 from tests.fixtures.corpus import write_jsonl, write_tree
 
 

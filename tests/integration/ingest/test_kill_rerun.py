@@ -26,7 +26,7 @@ def _ingest(env: dict[str, str], path: Path, kill_after: float | None = None) ->
         [
             sys.executable,
             "-m",
-            "ragtune.cli",
+            "cli.main",
             "ingest",
             str(path),
             "--collection",

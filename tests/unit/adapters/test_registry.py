@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 from adapters.audit import AuditLog
-from adapters.lora import CONFIG_FILE
 from adapters.registry import REGISTRY_FILE, Registry, content_version
 from adapters.validate import ModelSpec
+from engine.lora import CONFIG_FILE
 from ragtune.errors import AdapterError, InvalidInput, NotFound, RagtuneError
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from adapters.audit import AuditLog
-from ragtune.cli import main
+from cli.main import main
 from tests.conftest import TinyModel
 
 

@@ -18,8 +18,8 @@ from adapters.dataset import (
 )
 from adapters.examples import REVIEWS_SYSTEM, Review, read_reviews, split_reviews
 from adapters.train import TrainOptions, train_lora
+from engine.types import ChatMessage
 from ragtune.errors import AdapterError, InvalidInput
-from service.llm.types import ChatMessage
 from tests.conftest import TinyModel
 
 GOOD = {

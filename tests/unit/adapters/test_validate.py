@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from adapters.lora import CONFIG_FILE, WEIGHTS_FILE
 from adapters.validate import ModelSpec, validate_adapter
+from engine.lora import CONFIG_FILE, WEIGHTS_FILE
 from ragtune.errors import AdapterError, NotFound
 from tests.conftest import TinyModel
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ragtune.cli import main as ragtune_cli
+from cli.main import main as ragtune_cli
 from tests.fixtures.api import admin_headers
 from tests.integration.service.admin.conftest import ACTOR, AdminApi, error_message
 

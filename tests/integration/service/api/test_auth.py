@@ -17,11 +17,11 @@ from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 from pydantic import SecretStr, ValidationError
 
+from bench.local_server import serve_in_thread
 from ragtune.settings import Settings
 from service.app import create_app
 from service.auth import MISSING_KEY, WRONG_KEY, accepts
 from service.cli import banner
-from service.local_server import serve_in_thread
 from tests.conftest import TinyModel
 from tests.fixtures.api import ADMIN_TOKEN, admin_headers, api_settings, ingest_corpus, running_app
 from tests.fixtures.scripted_backend import ScriptedBackend

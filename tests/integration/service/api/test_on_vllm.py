@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from engine.vllm_cpu import VLLMServer
 from ragtune.settings import Settings
-from service.llm.vllm_server import VLLMServer
 from tests.conftest import TinyModel
 from tests.fixtures.api import api_settings, ingest_corpus, running_app
 from tests.fixtures.tiny_model import YES_NO_SCHEMA

@@ -18,7 +18,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from service.llm.vllm_server import free_port
+from engine.vllm_cpu import free_port
 from tests.conftest import TinyModel
 from tests.fixtures.api import api_settings, ingest_corpus
 
@@ -44,7 +44,7 @@ class Server:
 def serve_command(port: int) -> list[str]:
     """The installed `ragtune` script next to this Python, else the module."""
     script = Path(sys.executable).parent / "ragtune"
-    head = [str(script)] if script.exists() else [sys.executable, "-m", "ragtune.cli"]
+    head = [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
     return [*head, "serve", "--port", str(port)]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.llm.types import GenerationRequest
+from engine.types import GenerationRequest
 from tests.conftest import TinyModel
 from tests.fixtures.api import api_settings, ingest_corpus, running_app
 from tests.fixtures.scripted_backend import ScriptedBackend

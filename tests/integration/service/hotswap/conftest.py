@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.llm.vllm_server import VLLMServer
+from engine.vllm_cpu import VLLMServer
 from tests.conftest import TinyModel
 from tests.fixtures.api import running_app
 from tests.integration.service.hotswap.swapping import unload_behind_the_back, vllm_settings

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 from fastapi.testclient import TestClient
 
+from engine.vllm_cpu import VLLMServer
 from ragtune.settings import Settings
-from service.llm.vllm_server import VLLMServer
 from tests.fixtures.api import admin_headers, api_settings
 from tests.fixtures.tiny_model import build_lora
 

@@ -15,15 +15,15 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from ragtune.errors import UpstreamUnavailable
-from service.llm.types import GenerationRequest
-from service.llm.vllm_server import (
+from engine.types import GenerationRequest
+from engine.vllm_cpu import (
     VLLMServer,
     free_port,
     missing_venv_message,
     serve_vllm,
     vllm_venv,
 )
+from ragtune.errors import UpstreamUnavailable
 from tests.conftest import TinyModel
 from tests.fixtures.api import running_app
 from tests.fixtures.scripted_backend import ScriptedBackend

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from engine.tokens import TokenCounter
 from ingest.search import Hit
 from ragtune.settings import Settings
-from service.llm.tokens import TokenCounter
 from service.rag.context import Source, pack_sources, render_context
 from tests.conftest import TinyModel
 

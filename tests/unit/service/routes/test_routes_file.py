@@ -81,7 +81,7 @@ def test_json_output_route(tmp_path: Path) -> None:
 def test_serve_stops_on_a_bad_routes_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ragtune.cli import main
+    from cli.main import main
 
     monkeypatch.setenv("RAGTUNE_DATA_DIR", str(tmp_path))
     bad = write(tmp_path, GOOD.replace("top_k: 3", "top_k: -1"))

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters.lora import check_servable, read_lora_config
+from engine.decoding import StopTrimmer, TokenStream
+from engine.lora import check_servable, read_lora_config
+from engine.structured import GrammarCache
+from engine.types import Completion, FinishReason, GenerationRequest, StreamDelta, Usage
 from ragtune.errors import AdapterError, InvalidInput, NotFound
 from ragtune.settings import LLMSettings
-from service.llm.decoding import StopTrimmer, TokenStream
-from service.llm.structured import GrammarCache
-from service.llm.types import Completion, FinishReason, GenerationRequest, StreamDelta, Usage
 
 _DONE = object()
 

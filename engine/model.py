@@ -16,16 +16,16 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ragtune.errors import MissingDependency, NotFound
-from ragtune.settings import Settings
-from service.llm.convert import convert_gguf
-from service.llm.split_gguf import (
+from engine.convert import convert_gguf
+from engine.split_gguf import (
     SplitGGUF,
     assemble,
     downloaded_wheels,
     locate_parts,
     matches,
 )
+from ragtune.errors import MissingDependency, NotFound
+from ragtune.settings import Settings
 
 DEFAULT_MODEL_NAME = "qwen2.5-coder-0.5b-instruct"
 DEFAULT_GGUF_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from engine.factory import build_backend
+from engine.types import ChatMessage, GenerationRequest, SamplingParams
 from ragtune.errors import InvalidInput
 from ragtune.settings import Settings
-from service.llm.factory import build_backend
-from service.llm.types import ChatMessage, GenerationRequest, SamplingParams
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

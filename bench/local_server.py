@@ -17,7 +17,7 @@ def serve_in_thread(app: ASGIApp, *, start_timeout_s: float = 300.0) -> Iterator
     stops it (letting requests in flight finish) when the block exits."""
     import uvicorn
 
-    from service.llm.vllm_server import free_port
+    from engine.vllm_cpu import free_port
 
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)

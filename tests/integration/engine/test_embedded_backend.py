@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from engine.embedded import EmbeddedBackend
+from engine.types import ChatMessage, Completion, GenerationRequest, SamplingParams
 from ragtune.errors import AdapterError, InvalidInput, NotFound
 from ragtune.settings import LLMSettings
-from service.llm.embedded import EmbeddedBackend
-from service.llm.types import ChatMessage, Completion, GenerationRequest, SamplingParams
 from tests.conftest import TinyModel
 from tests.fixtures.tiny_model import YES_NO_SCHEMA as SCHEMA
 

@@ -114,7 +114,7 @@ class VLLMConnection:
                     continue
                 raise UpstreamUnavailable(
                     f"cannot connect to vLLM at {self.url} after {attempts} attempts ({exc!r}); "
-                    f"start it (deploy/vllm/serve.sh) or fix llm.vllm_url"
+                    f"start it (`ragtune vllm serve` runs vLLM-CPU) or fix llm.vllm_url"
                 ) from exc
             except _BROKEN as exc:
                 raise self._broken(exc, method, path) from exc

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from service.llm.types import Completion, GenerationRequest, StreamDelta
+from engine.types import Completion, GenerationRequest, StreamDelta
 
 
 @runtime_checkable

@@ -12,9 +12,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 
+from engine.backend import Backend
+from engine.types import Completion, GenerationRequest, StreamDelta
 from ragtune.errors import NotFound, UpstreamUnavailable
-from service.llm.backend import Backend
-from service.llm.types import Completion, GenerationRequest, StreamDelta
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from typing import Literal, TypeVar
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.types import ChatMessage, GenerationRequest, SamplingParams, StreamDelta
+from engine.vllm import VLLMBackend
+from engine.vllm_cpu import VLLMServer
 from ragtune.errors import AdapterError, NotFound
 from ragtune.settings import LLMSettings
-from service.llm.types import ChatMessage, GenerationRequest, SamplingParams, StreamDelta
-from service.llm.vllm import VLLMBackend
-from service.llm.vllm_server import VLLMServer
 from tests.conftest import TinyModel
 
 pytestmark = pytest.mark.vllm

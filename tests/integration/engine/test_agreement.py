@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
+from engine.backend import Backend
+from engine.embedded import EmbeddedBackend
+from engine.types import ChatMessage, GenerationRequest, SamplingParams
+from engine.vllm import VLLMBackend
+from engine.vllm_cpu import VLLMServer
 from ragtune.errors import NotFound
 from ragtune.settings import LLMSettings
-from service.llm.backend import Backend
-from service.llm.embedded import EmbeddedBackend
-from service.llm.types import ChatMessage, GenerationRequest, SamplingParams
-from service.llm.vllm import VLLMBackend
-from service.llm.vllm_server import VLLMServer
 from tests.conftest import TinyModel
 from tests.fixtures.tiny_model import YES_NO_SCHEMA as SCHEMA
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ragtune.cli import main
+from cli.main import main
 from tests.conftest import TinyModel
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from service.llm.types import StreamDelta
+from engine.types import StreamDelta
 
 
 class StopTrimmer:

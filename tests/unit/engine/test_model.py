@@ -13,11 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from ragtune.cli import main
-from ragtune.errors import MissingDependency, NotFound
-from ragtune.settings import Settings
-from service.llm import model as model_module
-from service.llm.model import (
+from cli.main import main
+from engine import model as model_module
+from engine.model import (
     DEFAULT_MODEL_NAME,
     DEFAULT_MODEL_SHA256,
     DEFAULT_SOURCE,
@@ -27,7 +25,9 @@ from service.llm.model import (
     prepare_default_model,
     resolve_base_model,
 )
-from service.llm.split_gguf import SplitGGUF
+from engine.split_gguf import SplitGGUF
+from ragtune.errors import MissingDependency, NotFound
+from ragtune.settings import Settings
 
 VERSION = "0.9.0"
 PACKAGES = ("ragtune-fake-part1", "ragtune-fake-part2", "ragtune-fake-part3")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ragtune.cli import main
+from cli.main import main
+from engine.model import DEFAULT_MODEL_NAME, MARKER, prepare_default_model, resolve_base_model
 from ragtune.settings import Settings
-from service.llm.model import DEFAULT_MODEL_NAME, MARKER, prepare_default_model, resolve_base_model
 
 
 @pytest.mark.slow

@@ -6,14 +6,14 @@ import argparse
 import sys
 import time
 
-from ragtune.settings import Settings
-from service.llm.model import (
+from engine.model import (
     DEFAULT_MODEL_NAME,
     default_model_dir,
     is_prepared,
     prepare_default_model,
     resolve_base_model,
 )
+from ragtune.settings import Settings
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

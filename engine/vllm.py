@@ -16,10 +16,8 @@ from typing import Any, NoReturn
 
 import aiohttp
 
-from ragtune.errors import AdapterError, InvalidInput, NotFound, UpstreamUnavailable
-from ragtune.settings import LLMSettings
-from service.llm.types import Completion, FinishReason, GenerationRequest, StreamDelta, Usage
-from service.llm.vllm_http import (
+from engine.types import Completion, FinishReason, GenerationRequest, StreamDelta, Usage
+from engine.vllm_http import (
     Answer,
     VLLMConnection,
     engine_dead,
@@ -27,10 +25,12 @@ from service.llm.vllm_http import (
     parse_json,
     sse_data,
 )
+from ragtune.errors import AdapterError, InvalidInput, NotFound, UpstreamUnavailable
+from ragtune.settings import LLMSettings
 
 
 class VLLMBackend:
-    """A `Backend` talking to one vLLM OpenAI server (`deploy/vllm/serve.sh`)."""
+    """A `Backend` talking to one vLLM OpenAI server (`ragtune vllm serve` starts one on CPU)."""
 
     name = "vllm"
 

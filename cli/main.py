@@ -14,10 +14,10 @@ from ragtune.settings import Settings
 
 def build_parser() -> argparse.ArgumentParser:
     from adapters.cli import add_commands as add_adapter_commands
+    from engine.cli import add_commands as add_model_commands
+    from engine.generate_cli import add_commands as add_generate_commands
     from ingest.cli import add_commands as add_ingest_commands
     from service.cli import add_commands as add_serve_commands
-    from service.llm.cli import add_commands as add_model_commands
-    from service.llm.generate_cli import add_commands as add_generate_commands
 
     parser = argparse.ArgumentParser(
         prog="ragtune",

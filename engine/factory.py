@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+from engine.backend import Backend
 from ragtune.settings import Settings
-from service.llm.backend import Backend
 
 
 def build_backend(settings: Settings) -> Backend:
     """vLLM over HTTP when `llm.vllm_url` is set (or `llm.backend=vllm`), else embedded."""
     if settings.llm.use_vllm():
-        from service.llm.vllm import VLLMBackend
+        from engine.vllm import VLLMBackend
 
         return VLLMBackend(settings.llm)
-    from service.llm.embedded import EmbeddedBackend
-    from service.llm.model import resolve_base_model
+    from engine.embedded import EmbeddedBackend
+    from engine.model import resolve_base_model
 
     return EmbeddedBackend.load(resolve_base_model(settings), settings.llm)
 
@@ -21,7 +21,7 @@ def build_backend(settings: Settings) -> Backend:
 def build_backends(settings: Settings) -> list[Backend]:
     """One backend per vLLM server (`llm.vllm_url` and `llm.vllm_replicas`), or the embedded one."""
     if settings.llm.use_vllm():
-        from service.llm.vllm import VLLMBackend
+        from engine.vllm import VLLMBackend
 
         return [
             VLLMBackend(settings.llm.model_copy(update={"vllm_url": url}))

@@ -39,7 +39,7 @@ class TokenCounter:
     @classmethod
     def for_settings(cls, settings: Settings) -> TokenCounter:
         """Load the tokenizer of the served base model from its local folder, if there is one."""
-        from service.llm.model import resolve_base_model
+        from engine.model import resolve_base_model
 
         try:
             path = resolve_base_model(settings)

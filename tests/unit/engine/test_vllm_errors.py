@@ -3,7 +3,7 @@
 A real local HTTP server (aiohttp.web on 127.0.0.1) plays vLLM's part, so the client's
 sockets, timeouts and connection pool are the real ones. The mapping of what a live server
 does produce (404s, rank errors) is checked against real vLLM in
-tests/integration/service/llm/test_vllm_backend.py.
+tests/integration/engine/test_vllm_backend.py.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from engine.types import ChatMessage, GenerationRequest, StreamDelta
+from engine.vllm import VLLMBackend
 from ragtune.errors import InvalidInput, UpstreamUnavailable
 from ragtune.settings import LLMSettings
-from service.llm.types import ChatMessage, GenerationRequest, StreamDelta
-from service.llm.vllm import VLLMBackend
 
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
