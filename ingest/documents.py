@@ -12,8 +12,10 @@ from typing import Any
 class Document:
     """One document, ready to chunk.
 
-    `doc_id` is stable across runs: the absolute file path, or a JSONL record's `_id`.
-    `source` is the absolute path of the file it came from, which scopes `--prune`.
+    `doc_id` is stable across runs and machines: a file's path relative to the ingest root
+    (the path given to `ragtune ingest`; a file given by itself is its name), or a JSONL
+    record's `_id`. `source` is the relative path of the file it came from, which scopes
+    `--prune`; `location` is where that file was read, which no payload or hash holds.
     """
 
     doc_id: str
@@ -25,16 +27,26 @@ class Document:
     file_meta: dict[str, Any] = field(default_factory=dict)
     # Extra fields of a JSONL record; stored under `meta` so they never clash with ours.
     meta: dict[str, Any] = field(default_factory=dict)
+    # The file's absolute path; empty for documents not read from a file.
+    location: str = ""
 
     def content_hash(self) -> str:
         """A digest of everything that ends up in the document's points."""
-        blob = json.dumps(
-            [self.title, self.text, self.source, self.file_meta, self.meta],
-            sort_keys=True,
-            ensure_ascii=False,
-            default=str,
-        )
-        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+        return _digest([self.title, self.text, self.source, self.file_meta, self.meta])
+
+    def legacy_id(self) -> str:
+        """The id ragtune gave this document before ids were relative: a file's absolute
+        path (JSONL records kept their `_id`)."""
+        return self.doc_id if self.file_type == "jsonl" else self.location
+
+    def legacy_hash(self) -> str:
+        """The content hash of the same content under the absolute-path scheme."""
+        return _digest([self.title, self.text, self.location, self.file_meta, self.meta])
+
+
+def _digest(parts: list[Any]) -> str:
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -141,18 +141,24 @@ def _load_one(found: FoundFile, report: LoadReport) -> Iterator[Document]:
     yield _file_document(found, text, title or path.stem, kind, len(data))
 
 
+def relative_source(path: Path, root: Path) -> str:
+    """A file's id-forming path: relative to the ingest root, or its name if it is the root."""
+    return path.name if path == root else path.relative_to(root).as_posix()
+
+
 def _file_document(
     found: FoundFile, text: str, title: str, kind: str, size: int, **extra: Any
 ) -> Document:
     path = found.path
-    relative = path.name if path == found.root else path.relative_to(found.root).as_posix()
+    relative = relative_source(path, found.root)
     return Document(
-        doc_id=path.as_posix(),
+        doc_id=relative,
         text=text,
         title=title,
-        source=path.as_posix(),
+        source=relative,
         file_type=kind,
         file_meta={"file_name": path.name, "relative_path": relative, "size_bytes": size, **extra},
+        location=path.as_posix(),
     )
 
 
@@ -208,11 +214,12 @@ def _jsonl(found: FoundFile, text: str, report: LoadReport) -> Iterator[Document
             doc_id=doc_id,
             text=record["text"].strip(),
             title=str(record.get("title") or "").strip(),
-            source=path.as_posix(),
+            source=relative_source(path, found.root),
             file_type="jsonl",
             # No line number here: moving a line must not count as changing the document.
             file_meta={"file_name": path.name},
             meta={k: v for k, v in record.items() if k not in _JSONL_KEYS},
+            location=path.as_posix(),
         )
 
 

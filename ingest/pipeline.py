@@ -2,7 +2,12 @@
 
 Safe to kill at any point: a document's new points are written before its stale ones are
 deleted, and a document counts as unchanged only when exactly a clean run's points for its
-current content are present, so a re-run finishes whatever an interrupted run left.
+current content are present, so a re-run finishes whatever an interrupted run left. While a
+run writes, the collection's manifest carries an `in_progress` marker.
+
+Document ids of files are relative to the ingest root, so the same folder ingested from
+another checkout or a container path is the same documents. Collections written when ids were
+absolute paths are migrated on the next ingest of the same root (ingest/migration.py).
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from qdrant_client import QdrantClient, models
@@ -20,7 +26,8 @@ from tqdm import tqdm
 from ingest.chunking import Chunk, Chunker
 from ingest.documents import Document, LoadReport
 from ingest.embedder import Embedder
-from ingest.loaders import discover, load
+from ingest.loaders import discover, load, relative_source
+from ingest.migration import Move, migrate, plan_migration
 from ingest.sparse import SparseEncoder
 from ingest.store import (
     DENSE,
@@ -31,6 +38,9 @@ from ingest.store import (
     compare_manifest,
     point_id,
 )
+
+# How file documents are identified, as recorded in the manifest's `ids` (absent before).
+ID_SCHEME = "relative-to-root"
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,8 @@ class IngestReport:
     replaced: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     unchanged: int = 0
+    # Documents moved from absolute-path ids to relative ones, without embedding them again.
+    migrated: list[str] = field(default_factory=list)
     chunks_written: int = 0
     points_deleted: int = 0
     seconds: float = 0.0
@@ -64,7 +76,7 @@ class IngestReport:
 
     @property
     def wrote_nothing(self) -> bool:
-        return not (self.added or self.replaced or self.removed or self.reindexed)
+        return not (self.added or self.replaced or self.removed or self.reindexed or self.migrated)
 
     @property
     def has_errors(self) -> bool:
@@ -114,78 +126,128 @@ class Ingester:
         started = time.perf_counter()
         report = IngestReport(collection=opts.collection, dry_run=opts.dry_run)
         collection = Collection(self.client, opts.collection)
+        roots = [Path(p).resolve() for p in paths]
         files = discover(paths, opts.include, opts.exclude, report.load)
         docs = self._unique(load(files, report.load), report.load)
 
         state: dict[str, DocState] = {}
+        stored: dict[str, Any] | None = None
         if collection.exists():
             if opts.reindex:
                 report.reindexed = True
                 if not opts.dry_run:
                     collection.drop()
             else:
-                compare_manifest(collection.name, collection.manifest(), self.manifest())
+                stored = collection.manifest()
+                compare_manifest(collection.name, stored, self.manifest())
                 state = collection.state()
-        if not opts.dry_run and not collection.exists():
-            collection.create(self.manifest(), self.embedder.dim)
 
-        pending = self._plan(docs, state, report)
+        moves, legacy = plan_migration(docs, state)
+        pending = self._plan(docs, state, moves, legacy, report)
         if opts.prune:
-            self._plan_prune(paths, docs, state, report)
+            handled = {d.legacy_id() for d in docs if d.doc_id in legacy or d.doc_id in moves}
+            self._plan_prune(roots, docs, state, handled, report)
         removed_ids = [i for d in report.removed for i in sorted(state[d].ids)]
+        deleted = len(removed_ids) + sum(len(p.outdated()) for p in pending)
+        deleted += sum(len(set(m.old_ids) - m.new_ids()) for m in moves.values())
         if opts.dry_run:
             for item in pending:
                 item.chunks = self.chunker.split(item.doc)
                 report.chunks_written += len(item.chunks)
         else:
-            self._write(collection, pending, opts.progress, report)
-            collection.delete(removed_ids)
-        report.points_deleted = len(removed_ids) + sum(len(p.outdated()) for p in pending)
+            final = {
+                **self.manifest(),
+                "ids": {"scheme": ID_SCHEME, "roots": [r.as_posix() for r in roots]},
+            }
+            if pending or removed_ids or moves:
+                marker = {
+                    **(stored or final),
+                    "in_progress": {
+                        "roots": final["ids"]["roots"],
+                        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+                    },
+                }
+                self._save_manifest(collection, stored is not None, marker)
+                migrate(collection, list(moves.values()), self.write_batch)
+                self._write(collection, pending, opts.progress, report)
+                collection.delete(removed_ids)
+                collection.set_manifest(final)
+            elif stored is None or stored.get("ids", {}).get("scheme") != ID_SCHEME:
+                self._save_manifest(collection, stored is not None, final)
+        report.points_deleted = deleted
         report.seconds = time.perf_counter() - started
         return report
+
+    def _save_manifest(
+        self, collection: Collection, exists: bool, manifest: dict[str, Any]
+    ) -> None:
+        if exists:
+            collection.set_manifest(manifest)
+        else:
+            collection.create(manifest, self.embedder.dim)
 
     @staticmethod
     def _unique(docs: Any, load_report: LoadReport) -> list[Document]:
         first: dict[str, str] = {}
         out = []
         for doc in docs:
+            # Where the files are, which the relative sources do not say.
+            where = doc.location or doc.source
             if doc.doc_id in first:
-                load_report.duplicate_ids.append((doc.doc_id, doc.source, first[doc.doc_id]))
+                load_report.duplicate_ids.append((doc.doc_id, where, first[doc.doc_id]))
                 continue
-            first[doc.doc_id] = doc.source
+            first[doc.doc_id] = where
             out.append(doc)
         return out
 
     @staticmethod
     def _plan(
-        docs: list[Document], state: dict[str, DocState], report: IngestReport
+        docs: list[Document],
+        state: dict[str, DocState],
+        moves: dict[str, Move],
+        legacy: dict[str, set[str]],
+        report: IngestReport,
     ) -> list[_Pending]:
         pending = []
         for doc in docs:
             known = state.get(doc.doc_id)
-            if known is None:
+            old = legacy.get(doc.doc_id, set())
+            if doc.doc_id in moves:
+                report.migrated.append(doc.doc_id)
+                report.unchanged += 1
+            elif known is None:
                 report.added.append(doc.doc_id)
-                pending.append(_Pending(doc, [], set()))
-            elif known.is_complete(doc.doc_id, doc.content_hash()):
+                pending.append(_Pending(doc, [], set(old)))
+            elif known.is_complete(doc.doc_id, doc.content_hash()) and not old:
                 report.unchanged += 1
             else:
                 report.replaced.append(doc.doc_id)
-                pending.append(_Pending(doc, [], set(known.ids)))
+                pending.append(_Pending(doc, [], set(known.ids) | old))
         return pending
 
     @staticmethod
     def _plan_prune(
-        paths: Sequence[str | Path],
+        roots: Sequence[Path],
         docs: list[Document],
         state: dict[str, DocState],
+        handled: set[str],
         report: IngestReport,
     ) -> None:
-        roots = [Path(p).resolve().as_posix() for p in paths]
-        seen = {d.doc_id for d in docs}
-        damaged = report.load.damaged_sources()
+        """Documents of the collection that the roots no longer hold.
+
+        Ids are relative to the root, so a folder's scope is every file document of the
+        collection, and a file's scope its own documents; documents still stored under an
+        absolute path are in scope when that path is under a root.
+        """
+        seen = {d.doc_id for d in docs} | handled
+        damaged = set()
+        for path in report.load.damaged_sources():
+            damaged.add(path)
+            for root in roots:
+                if Path(path) == root or root in Path(path).parents:
+                    damaged.add(relative_source(Path(path), root))
         for doc_id, known in sorted(state.items()):
-            in_scope = any(known.source == r or known.source.startswith(r + "/") for r in roots)
-            if not in_scope or doc_id in seen:
+            if doc_id in seen or not any(_in_scope(known.source, r) for r in roots):
                 continue
             if known.source in damaged:
                 if known.source not in report.kept_damaged:
@@ -280,3 +342,10 @@ class Ingester:
             "embedder": self.embedder.name,
             "chunker": self.chunker.info(),
         }
+
+
+def _in_scope(source: str, root: Path) -> bool:
+    """Whether `--prune` of `root` may remove a document read from `source`."""
+    if PurePosixPath(source).is_absolute():
+        return source == root.as_posix() or source.startswith(root.as_posix() + "/")
+    return source == root.name if root.is_file() else True

@@ -6,6 +6,8 @@ and a Qdrant server (`url=`).
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import uuid
 from collections.abc import Iterator, Sequence
@@ -17,7 +19,14 @@ from typing import Any
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from ragtune.errors import ConfigMismatch, InvalidInput, NotFound, UpstreamUnavailable
+from ragtune.errors import (
+    ConfigMismatch,
+    InvalidInput,
+    NotFound,
+    RagtuneError,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
 from ragtune.settings import Settings
 
 DENSE = "dense"
@@ -45,7 +54,8 @@ def open_qdrant(settings: Settings) -> QdrantClient:
         return QdrantClient(
             url=q.url,
             api_key=q.api_key.get_secret_value() if q.api_key else None,
-            timeout=int(q.timeout_s),
+            # Whole seconds (qdrant-client's type), rounded up: int() made 0.5 s into 0.
+            timeout=math.ceil(q.timeout_s),
             # The client's version probe runs in a thread and can only warn; an unreachable
             # server is reported instead by the first request, as UpstreamUnavailable.
             check_compatibility=False,
@@ -73,16 +83,106 @@ def is_embedded(client: QdrantClient) -> bool:
 
 @contextmanager
 def qdrant_errors(settings: Settings) -> Iterator[None]:
-    """Turn connection failures into an error that names the server."""
+    """Turn Qdrant's failures into domain errors by what they mean: no answer or a server
+    fault is UpstreamUnavailable (retry), a missing collection NotFound, a refused request
+    InvalidInput or ConfigMismatch, a refused API key UpstreamRejected."""
+    where = settings.qdrant.url or settings.qdrant_location()
     try:
         yield
     except (ResponseHandlingException, ConnectionError) as exc:
         raise UpstreamUnavailable(
-            f"Qdrant at {settings.qdrant.url or settings.qdrant_location()} did not answer "
-            f"({exc}); check that it is running and RAGTUNE_QDRANT__URL is right"
+            f"Qdrant at {where} did not answer ({exc}); check that it is running and "
+            f"RAGTUNE_QDRANT__URL is right"
         ) from exc
     except UnexpectedResponse as exc:
-        raise UpstreamUnavailable(f"Qdrant refused the request: {exc}") from exc
+        raise classify_response(exc, where) from exc
+    except ValueError as exc:
+        # The embedded store raises ValueError where the server answers 404 or 400.
+        mapped = classify_local(exc)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
+# How the server and the embedded store name a missing collection.
+_MISSING_COLLECTION = re.compile(r"Collection `([^`]+)` doesn't exist|^Collection (\S+) not found")
+_MISSING_INDEX = re.compile(r"Index required but not found for \\?\"([^\"\\]+)")
+# A collection whose vectors are not ragtune's (other names, or another embedder's size).
+_SCHEMA = re.compile(
+    r"Not existing vector name|vector \S+ is not found in the collection|"
+    r"Vector dimension error|not aligned",
+    re.IGNORECASE,
+)
+
+
+def classify_response(exc: UnexpectedResponse, where: str) -> RagtuneError:
+    """The domain error for an HTTP error status from a Qdrant server."""
+    status = exc.status_code or 0
+    message = _server_message(exc)
+    if status in (401, 403):
+        return UpstreamRejected(
+            f"Qdrant at {where} refused the API key ({status} {exc.reason_phrase}: {message}); "
+            f"set RAGTUNE_QDRANT__API_KEY to the server's key"
+        )
+    if status == 404:
+        return _missing(message) or NotFound(f"Qdrant at {where}: {message}")
+    if status == 400 or status == 422:
+        return _refused(message) or InvalidInput(f"Qdrant refused the request: {message}")
+    if status in (408, 429) or status >= 500:
+        return UpstreamUnavailable(
+            f"Qdrant at {where} failed ({status} {exc.reason_phrase}: {message}); "
+            f"check that it is healthy, then retry"
+        )
+    return InvalidInput(f"Qdrant refused the request ({status} {exc.reason_phrase}): {message}")
+
+
+def classify_local(exc: ValueError) -> RagtuneError | None:
+    """The domain error for the embedded store's ValueError, or None if it is not one."""
+    message = str(exc)
+    return _missing(message) or (_refused(message) if _SCHEMA.search(message) else None)
+
+
+def _missing(message: str) -> NotFound | None:
+    found = _MISSING_COLLECTION.search(message)
+    if found is None:
+        return None
+    name = found.group(1) or found.group(2)
+    return NotFound(
+        f"collection {name!r} does not exist; create it with "
+        f"`ragtune ingest PATH --collection {name}`"
+    )
+
+
+def _refused(message: str) -> RagtuneError | None:
+    index = _MISSING_INDEX.search(message)
+    if index is not None:
+        field_name = index.group(1)
+        if field_name in INDEXED_FIELDS:
+            return ConfigMismatch(
+                f"the collection has no payload index on {field_name!r}, which ragtune "
+                f"creates (Qdrant: {message}); rebuild it with "
+                f"`ragtune ingest PATH --collection NAME --reindex`"
+            )
+        return InvalidInput(
+            f"filtering on {field_name!r} needs a payload index, and the collection has none "
+            f"(Qdrant: {message}); filter on one of {', '.join(INDEXED_FIELDS)}"
+        )
+    if _SCHEMA.search(message):
+        return ConfigMismatch(
+            f"the collection's vectors do not match ragtune's schema or the configured "
+            f"embedder (Qdrant: {message}); rebuild it with "
+            f"`ragtune ingest PATH --collection NAME --reindex`"
+        )
+    return None
+
+
+def _server_message(exc: UnexpectedResponse) -> str:
+    """Qdrant's own words: `{"status": {"error": "..."}}`, else the raw body."""
+    try:
+        body = json.loads(exc.content)
+        return str(body["status"]["error"])
+    except (ValueError, KeyError, TypeError):
+        return exc.content.decode("utf-8", "replace")[:500] or exc.reason_phrase
 
 
 def point_id(doc_id: str, chunk_index: int) -> str:
@@ -152,6 +252,10 @@ class Collection:
             for name, schema in INDEXED_FIELDS.items():
                 self.client.create_payload_index(self.name, name, schema)
 
+    def set_manifest(self, manifest: dict[str, Any]) -> None:
+        """Replace the recorded manifest (Qdrant merges metadata by top-level key)."""
+        self.client.update_collection(self.name, metadata={"ragtune": manifest})
+
     def drop(self) -> None:
         self.client.delete_collection(self.name)
 
@@ -179,6 +283,12 @@ class Collection:
                 state.source = str(payload.get("source", ""))
             if offset is None:
                 return states
+
+    def points(self, ids: Sequence[str]) -> list[models.Record]:
+        """The points with these ids, payloads and vectors included."""
+        return list(
+            self.client.retrieve(self.name, list(ids), with_payload=True, with_vectors=True)
+        )
 
     def upsert(self, points: Sequence[models.PointStruct]) -> None:
         self.client.upsert(self.name, points=list(points), wait=True)

@@ -27,5 +27,10 @@ class UpstreamUnavailable(RagtuneError):
     """A server ragtune depends on (Qdrant, vLLM) did not answer."""
 
 
+class UpstreamRejected(RagtuneError):
+    """A server ragtune depends on refused its credentials: an operator must fix the settings
+    (retrying does not help)."""
+
+
 class AdapterError(InvalidInput):
     """A LoRA adapter is unusable with this base model or backend (rank, modules, files)."""

@@ -17,6 +17,7 @@ from ragtune.errors import (
     MissingDependency,
     NotFound,
     RagtuneError,
+    UpstreamRejected,
     UpstreamUnavailable,
 )
 
@@ -28,6 +29,8 @@ _MAPPING: list[tuple[type[RagtuneError], int, str]] = [
     (NotFound, 404, "not_found_error"),
     (ConfigMismatch, 409, "conflict_error"),
     (UpstreamUnavailable, 503, "service_unavailable_error"),
+    # Qdrant refused ragtune's API key: the server's configuration, not the caller, is wrong.
+    (UpstreamRejected, 502, "upstream_error"),
     (MissingDependency, 503, "service_unavailable_error"),
 ]
 # Where FastAPI found a field; the caller knows the field by its name alone.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -15,40 +17,93 @@ from qdrant_client import QdrantClient
 
 from tests.fixtures.corpus import synthetic_records, write_jsonl
 
-# Fractions of a clean run's duration at which the second run is killed. Whatever the moment
-# (model loading, embedding, writing, deleting), the re-run must converge.
-KILL_AT = (0.5, 0.7, 0.85, 0.95)
+# When, within a writing run (from its in-progress marker to its end, as a clean run took),
+# the run is killed. Whatever the moment (embedding, writing, deleting), the re-run must
+# converge; a kill that came too late is made again earlier, so every kill lands mid-write.
+KILL_AT = (0.0, 0.35, 0.7)
 
 
-def _ingest(env: dict[str, str], path: Path, kill_after: float | None = None) -> float:
-    started = time.perf_counter()
+# What `ragtune ingest PATH --collection k --prune` runs, without the CLI around it (the kill
+# must land in the pipeline, not in start-up).
+_INGEST = """
+import sys
+from ingest.components import open_components
+from ingest.pipeline import Ingester, IngestOptions
+from ragtune.settings import Settings
+
+settings = Settings()
+with open_components(settings) as parts:
+    Ingester(
+        parts.client, parts.embedder, parts.sparse, parts.chunker(settings),
+        settings.ingest.write_batch,
+    ).run([sys.argv[1]], IngestOptions(collection="k", prune=True))
+"""
+
+
+def _command(path: Path) -> list[str]:
+    return [sys.executable, "-c", _INGEST, str(path)]
+
+
+def _ingest(env: dict[str, str], path: Path) -> None:
+    proc = subprocess.run(_command(path), env=env, capture_output=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr.decode()
+
+
+def _in_progress(data: Path) -> bool:
+    """Whether the collection's manifest carries a writing run's marker. Read from the
+    embedded store's meta.json, which qdrant-client replaces whole (the store itself is
+    locked by the process that writes)."""
+    try:
+        meta = json.loads((data / "qdrant" / "meta.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+    collection = meta.get("collections", {}).get("k") or {}
+    manifest = (collection.get("metadata") or {}).get("ragtune") or {}
+    return "in_progress" in manifest
+
+
+def _ingest_timed(env: dict[str, str], path: Path, data: Path) -> float:
+    """A full run; the seconds from its in-progress marker to its end."""
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cli.main",
-            "ingest",
-            str(path),
-            "--collection",
-            "k",
-            "--prune",
-            "--no-progress",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        _command(path), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    if kill_after is None:
-        _, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err.decode()
-    else:
-        try:
-            proc.communicate(timeout=kill_after)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            # Reaps the process and closes its pipes.
-            proc.communicate()
-    return time.perf_counter() - started
+    while not _in_progress(data) and proc.poll() is None:
+        time.sleep(0.01)
+    marked = time.perf_counter()
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err.decode()
+    return time.perf_counter() - marked
+
+
+def _ingest_killed(env: dict[str, str], path: Path, data: Path, after: float) -> bool:
+    """Start a run and kill it `after` seconds past its in-progress marker; False if it
+    ended before the kill."""
+    proc = subprocess.Popen(
+        _command(path), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        while not _in_progress(data):
+            assert proc.poll() is None, "the run ended without writing anything"
+            time.sleep(0.01)
+        if after > 0:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=after)
+        if proc.poll() is not None:
+            return False
+        proc.send_signal(signal.SIGKILL)
+        return True
+    finally:
+        proc.wait()
+
+
+def _manifest(data: Path) -> dict[str, object]:
+    client = QdrantClient(path=str(data / "qdrant"))
+    try:
+        meta = client.get_collection("k").config.metadata or {}
+    finally:
+        client.close()
+    manifest: dict[str, object] = meta["ragtune"]
+    return manifest
 
 
 def _snapshot(data: Path) -> dict[str, tuple[object, ...]]:
@@ -59,30 +114,28 @@ def _snapshot(data: Path) -> dict[str, tuple[object, ...]]:
         client.close()
     out = {}
     for p in points:
-        payload = p.payload or {}
         vectors = p.vector if isinstance(p.vector, dict) else {}
-        dense = np.asarray(vectors["dense"], dtype=np.float32)
         sparse = vectors["sparse"]
         out[str(p.id)] = (
-            payload["doc_id"],
-            payload["chunk_index"],
-            payload["chunk_count"],
-            payload["content_hash"],
-            payload["text"],
-            dense,
-            tuple(sparse.indices),
-            tuple(round(v, 5) for v in sparse.values),
-        )  # type: ignore[union-attr]
+            p.payload,
+            np.asarray(vectors["dense"], dtype=np.float32),
+            tuple(sparse.indices),  # type: ignore[union-attr]
+            tuple(round(v, 5) for v in sparse.values),  # type: ignore[union-attr]
+        )
     return out
 
 
-def _same(a: dict[str, tuple[object, ...]], b: dict[str, tuple[object, ...]]) -> None:
-    assert a.keys() == b.keys()
-    for key, left in a.items():
-        right = b[key]
-        assert left[:5] == right[:5]
-        assert np.allclose(left[5], right[5], atol=1e-5)  # type: ignore[arg-type]
-        assert left[6:] == right[6:]
+def _same(a: dict[str, tuple[object, ...]], b: dict[str, tuple[object, ...]]) -> bool:
+    """Same point ids, same payloads, same vectors."""
+    return (
+        a.keys() == b.keys()
+        and all(
+            left[0] == right[0]
+            and np.allclose(left[1], right[1], atol=1e-5)  # type: ignore[arg-type]
+            and left[2:] == right[2:]
+            for left, right in ((a[k], b[k]) for k in a)
+        )
+    )
 
 
 @pytest.mark.slow
@@ -100,16 +153,26 @@ def test_killed_runs_converge_to_a_clean_run(tmp_path: Path) -> None:
 
     # The reference: a clean run over v2.
     write_jsonl(corpus, v2)
-    clean_time = _ingest(env_for("clean"), corpus)
+    writing_s = _ingest_timed(env_for("clean"), corpus, tmp_path / "clean")
     expected = _snapshot(tmp_path / "clean")
-    assert len({v[0] for v in expected.values()}) == 140
+    assert len({v[0]["doc_id"] for v in expected.values()}) == 140  # type: ignore[index]
+    assert "in_progress" not in _manifest(tmp_path / "clean")
 
     for i, fraction in enumerate(KILL_AT):
+        data = tmp_path / f"run{i}"
         env = env_for(f"run{i}")
-        write_jsonl(corpus, v1)
+        after = writing_s * fraction
+        while True:
+            write_jsonl(corpus, v1)
+            _ingest(env, corpus)
+            # Now v2 replaces most documents and drops 20; the run is killed part-way.
+            write_jsonl(corpus, v2)
+            if _ingest_killed(env, corpus, data, after):
+                break
+            after /= 2  # it finished first (the machine got faster): kill it earlier
+        # The kill landed mid-write: the marker the run sets before its first write and
+        # clears after its last is still there.
+        assert "in_progress" in _manifest(data)
         _ingest(env, corpus)
-        # Now v2 replaces most documents and drops 20; the run is killed part-way.
-        write_jsonl(corpus, v2)
-        _ingest(env, corpus, kill_after=clean_time * fraction)
-        _ingest(env, corpus)
-        _same(_snapshot(tmp_path / f"run{i}"), expected)
+        assert "in_progress" not in _manifest(data)
+        assert _same(_snapshot(data), expected)

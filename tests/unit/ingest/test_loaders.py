@@ -21,7 +21,20 @@ def test_directory_recurses_and_reads_every_type(tmp_path: Path) -> None:
     assert sorted(docs) == ["fruit.txt", "guide.md", "notes.pdf", "tides.html", "voyager.txt"]
     assert report.skipped == []
     assert docs["voyager.txt"].file_meta["relative_path"] == "space/voyager.txt"
-    assert docs["fruit.txt"].doc_id == (tmp_path / "corpus" / "fruit.txt").resolve().as_posix()
+    assert docs["fruit.txt"].doc_id == "fruit.txt"
+    assert docs["voyager.txt"].doc_id == "space/voyager.txt"
+    assert docs["voyager.txt"].location == (tmp_path / "corpus/space/voyager.txt").as_posix()
+
+
+def test_ids_are_relative_to_the_root_so_another_checkout_gives_the_same(tmp_path: Path) -> None:
+    one, _ = _load(write_tree(tmp_path / "a" / "corpus"))
+    two, _ = _load(write_tree(tmp_path / "elsewhere"))
+    assert {(d.doc_id, d.source, d.content_hash()) for d in one.values()} == {
+        (d.doc_id, d.source, d.content_hash()) for d in two.values()
+    }
+    # A file given by itself is its name.
+    alone, _ = _load(tmp_path / "a" / "corpus" / "space" / "voyager.txt")
+    assert alone["voyager.txt"].doc_id == "voyager.txt"
 
 
 def test_markdown_title_is_the_first_heading(tmp_path: Path) -> None:
