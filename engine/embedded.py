@@ -259,4 +259,5 @@ class EmbeddedBackend:
         return None
 
     async def aclose(self) -> None:
-        self._worker.shutdown(wait=True, cancel_futures=True)
+        # Waits for a generation in progress: off the event loop.
+        await asyncio.to_thread(self._worker.shutdown, wait=True, cancel_futures=True)

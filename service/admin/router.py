@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import tempfile
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.routing import APIRoute
 
@@ -22,13 +22,11 @@ from service.admin.schemas import (
     RegistryListing,
     Status,
 )
-from service.admin.service import AdminService
-from service.deps import StateDep, state_of
+from service.deps import AdminDep, SettingsDep, state_of
 from service.limits import TooLarge
 
-
-async def _admin(state: StateDep) -> AdminService:
-    return AdminService(state.registry, state.adapters, state.audit, state.routes)
+# Upload pieces are gathered up to this size, then written on a worker thread.
+_WRITE_BYTES = 1 << 20
 
 
 def authenticate(request: Request) -> str:
@@ -69,7 +67,7 @@ def _actor(request: Request) -> str:
 
 
 Actor = Annotated[str, Depends(_actor)]
-Admin = Annotated[AdminService, Depends(_admin)]
+Admin = AdminDep
 router = APIRouter(tags=["admin"], route_class=_AuthenticatedRoute)
 
 
@@ -89,7 +87,7 @@ async def register(body: RegisterRequest, admin: Admin, actor: Actor) -> Registe
 @router.post("/adapters/upload", response_model=RegisterResponse, status_code=201)
 async def upload(
     request: Request,
-    state: StateDep,
+    settings: SettingsDep,
     admin: Admin,
     actor: Actor,
     name: Annotated[str, Query()],
@@ -98,26 +96,33 @@ async def upload(
 ) -> RegisterResponse:
     """Register an adapter sent as the body: a zip or tar(.gz) of the PEFT folder."""
     await admin.check_names(actor, name, alias)
-    limit = state.settings.admin.max_upload_bytes
-    scratch = state.registry.root / ".uploads"
+    limit = settings.admin.max_upload_bytes
+    scratch = admin.registry.root / ".uploads"
     await asyncio.to_thread(scratch.mkdir, parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=scratch, suffix=".upload") as spool:
+    # Up to admin.max_upload_bytes to write: never on the event loop.
+    async with anyio.NamedTemporaryFile(dir=str(scratch), suffix=".upload") as spool:
         received = 0
+        pending: list[bytes] = []  # pieces not written yet, joined by the write
         try:
             async for piece in request.stream():
                 received += len(piece)
                 if received > limit:
                     raise TooLarge(limit)
-                spool.write(piece)
+                pending.append(piece)
+                if sum(map(len, pending)) >= _WRITE_BYTES:
+                    await spool.writelines(pending)
+                    pending = []
         except TooLarge as exc:
             await admin.refused(actor, "upload", name, str(exc.detail))
             raise
-        spool.flush()
+        await spool.writelines(pending)
+        await spool.flush()
         if not received:
             await admin.refused(actor, "upload", name, "empty body")
             raise HTTPException(400, "the body is empty; send the adapter as a zip or tar.gz")
+        archive = Path(spool.wrapped.name)
         record = await admin.register_archive(
-            actor, Path(spool.name), name, description, state.settings.adapters.max_adapter_bytes
+            actor, archive, name, description, settings.adapters.max_adapter_bytes
         )
     result = await admin.set_alias(actor, alias, record.ref) if alias else None
     return RegisterResponse(adapter=record, alias=result)
@@ -161,7 +166,5 @@ async def status(admin: Admin) -> Status:
 
 
 @router.get("/audit", response_model=AuditEntries)
-async def audit(
-    state: StateDep, limit: Annotated[int, Query(ge=1, le=1_000)] = 100
-) -> AuditEntries:
-    return AuditEntries(entries=await asyncio.to_thread(state.audit.tail, limit))
+async def audit(admin: Admin, limit: Annotated[int, Query(ge=1, le=1_000)] = 100) -> AuditEntries:
+    return AuditEntries(entries=await asyncio.to_thread(admin.audit.tail, limit))

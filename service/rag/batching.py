@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -12,7 +13,8 @@ R = TypeVar("R")
 
 
 class Batcher(Generic[T, R]):
-    """Runs `run` (blocking, on a worker thread) over batches of at most `max_batch` items.
+    """Runs `run` (blocking, on `executor`'s threads; the loop's default pool without one)
+    over batches of at most `max_batch` items.
 
     Nothing waits for a batch to fill: the first item starts a batch at once, and whatever
     arrives while it runs goes into the next one (as vLLM schedules requests, and text
@@ -25,11 +27,13 @@ class Batcher(Generic[T, R]):
         run: Callable[[list[T]], Sequence[R]],
         max_batch: int,
         on_batch: Callable[[int], object] | None = None,
+        executor: Executor | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         self._run = run
         self._on_batch = on_batch
+        self._executor = executor
         self._max_batch = max_batch
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._worker: asyncio.Task[None] | None = None
@@ -57,7 +61,9 @@ class Batcher(Generic[T, R]):
             if self._on_batch is not None:
                 self._on_batch(len(batch))
             try:
-                results = await asyncio.to_thread(self._run, [item for item, _ in batch])
+                results = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._run, [item for item, _ in batch]
+                )
                 if len(results) != len(batch):
                     raise RuntimeError(f"a batch of {len(batch)} gave {len(results)} results")
             except Exception as exc:  # every caller of this batch gets the error

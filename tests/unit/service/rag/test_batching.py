@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -117,3 +118,20 @@ def test_batched_query_vectors_equal_one_at_a_time(embedder: Embedder) -> None:
     assert (batcher.items, batcher.batches) == (8, 1)  # all 8 arrived before it started
     alone = [encode([q])[0] for q in queries]
     np.testing.assert_allclose(np.array(batched), np.array(alone), atol=1e-5)
+
+
+def test_batches_run_on_the_executor_given() -> None:
+    threads: list[str] = []
+
+    def run(items: list[int]) -> list[int]:
+        threads.append(threading.current_thread().name)
+        return items
+
+    async def main() -> list[int]:
+        with ThreadPoolExecutor(1, thread_name_prefix="embedder") as pool:
+            batcher = Batcher(run, max_batch=4, executor=pool)
+            return await asyncio.gather(batcher.submit(1), batcher.submit(2))
+
+    assert asyncio.run(main()) == [1, 2]
+    assert len(threads) == 1
+    assert threads[0].startswith("embedder")
