@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 VLLM_VENV ?= .venv-vllm
 export VLLM_VENV := $(abspath $(VLLM_VENV))
 
-.PHONY: setup vllm-venv model run test test-fast lint bench bench-generate bench-api bench-hotswap clean
+.PHONY: setup vllm-venv model run test test-fast lint docs bench bench-generate bench-api bench-hotswap clean
 
 $(BIN)/ragtune: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,7 +44,11 @@ test: lint vllm-venv
 	$(BIN)/pytest
 
 test-fast: lint
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow and not vllm"
+
+# docs/configuration.md from the Settings model (tests/unit/test_docs.py checks it is current).
+docs: setup
+	$(BIN)/python docs/generate_configuration.py
 
 bench: setup
 	$(BIN)/python -m bench.ingest

@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from adapters.policy import check_delete
 from adapters.records import AdapterRecord, AliasRecord, RegistryState, check_name, parse_ref
 from adapters.validate import ModelSpec, validate_adapter
 from ragtune.errors import InvalidInput, NotFound, RagtuneError
@@ -226,12 +227,7 @@ class Registry:
         with self._lock():
             state = self.snapshot()
             record = _record(state, ref)
-            users = sorted(a.alias for a in state.aliases.values() if ref in (a.target, a.previous))
-            if users:
-                raise InvalidInput(
-                    f"{ref} is still used by alias {', '.join(users)} (as its target or its "
-                    f"rollback target); point the alias at another version, or remove it, first"
-                )
+            check_delete(ref, state.aliases)
             state.records.remove(record)
             self._save(state)
             folder = self._store_dir(record.name, record.version)

@@ -10,7 +10,8 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from adapters.dataset import (
     read_chat_jsonl,
     tokenize_record,
 )
-from engine.lora import UNSERVABLE_TARGETS, check_servable, read_lora_config
+from engine.lora import LoraInfo, check_servable, read_lora_config
 from ragtune.errors import AdapterError, InvalidInput, NotFound
 from ragtune.settings import VLLM_LORA_RANKS
 
@@ -41,6 +42,9 @@ class TrainOptions:
     alpha: int = 16
     dropout: float = 0.05
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    # PEFT's per-module overrides of rank and alpha ({"q_proj": 16}), checked like `rank`.
+    rank_pattern: Mapping[str, int] = field(default_factory=dict)
+    alpha_pattern: Mapping[str, float] = field(default_factory=dict)
     lr: float = 2e-4
     epochs: int = 1
     # When set, training stops after this many optimizer steps (looping over the data).
@@ -51,18 +55,18 @@ class TrainOptions:
     seed: int = 0
     device: str = "cpu"
 
-    def check(self) -> None:
-        """Refuse what cannot train or what vLLM could not serve, before loading anything."""
+    def check(self, max_rank: int = max(VLLM_LORA_RANKS), name: str = "the new adapter") -> None:
+        """Refuse what cannot train or what vLLM could not serve (with `max_rank`, the
+        serving engine's limit), before loading anything; messages call the adapter `name`."""
         if self.rank not in VLLM_LORA_RANKS:
             raise AdapterError(
                 f"rank {self.rank} cannot be served by vLLM; choose one of "
                 f"{', '.join(map(str, VLLM_LORA_RANKS))}"
             )
-        bad = sorted(UNSERVABLE_TARGETS.intersection(self.target_modules))
-        if bad or not self.target_modules:
+        if not self.target_modules:
             raise AdapterError(
-                f"target modules {list(self.target_modules)} are not servable: vLLM serves LoRA "
-                f"on attention and MLP projections only; use e.g. {','.join(DEFAULT_TARGETS)}"
+                f"no target modules: vLLM serves LoRA on attention and MLP projections; use "
+                f"e.g. {','.join(DEFAULT_TARGETS)}"
             )
         limits = {
             "alpha": self.alpha > 0,
@@ -73,14 +77,28 @@ class TrainOptions:
             "batch_size": self.batch_size >= 1,
             "grad_accum": self.grad_accum >= 1,
             "max_length": self.max_length >= 8,
+            "rank_pattern": all(isinstance(r, int) and r >= 1 for r in self.rank_pattern.values()),
+            "alpha_pattern": all(a > 0 for a in self.alpha_pattern.values()),
         }
-        wrong = [name for name, ok in limits.items() if not ok]
+        wrong = [key for key, ok in limits.items() if not ok]
         if wrong:
-            values = ", ".join(f"{name}={getattr(self, name)}" for name in wrong)
+            values = ", ".join(f"{key}={getattr(self, key)}" for key in wrong)
             raise InvalidInput(
-                f"invalid training options: {values}; alpha, lr, epochs, max_steps, batch_size "
-                f"and grad_accum must be positive, dropout in [0, 1), max_length at least 8"
+                f"invalid training options: {values}; alpha, lr, epochs, max_steps, batch_size, "
+                f"grad_accum and the rank_pattern and alpha_pattern values must be positive, "
+                f"dropout in [0, 1), max_length at least 8"
             )
+        # The same servability rule as the registry and the engines apply to saved adapters.
+        planned = LoraInfo(
+            rank=self.rank,
+            alpha=self.alpha,
+            target_modules=self.target_modules,
+            base_model=None,
+            raw={},
+            rank_pattern=dict(self.rank_pattern),
+            alpha_pattern=dict(self.alpha_pattern),
+        )
+        check_servable(planned, name, max_rank)
 
 
 @dataclass(frozen=True)
@@ -114,7 +132,7 @@ def train_lora(
     base_model: str, data: Path, out: Path, options: TrainOptions, *, progress: bool = False
 ) -> TrainReport:
     """Train a LoRA adapter for `base_model` on `data`; write it and training.json to `out`."""
-    options.check()
+    options.check(name=out.name)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InvalidInput(f"{out} already exists and is not empty; choose a new folder for it")
     records = read_chat_jsonl(data)
@@ -154,6 +172,8 @@ def train_lora(
         lora_alpha=options.alpha,
         lora_dropout=options.dropout,
         target_modules=list(options.target_modules),
+        rank_pattern=dict(options.rank_pattern),
+        alpha_pattern=dict(options.alpha_pattern),
         task_type="CAUSAL_LM",
     )
     model = model.to(options.device)  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ mapping) is in vllm_http.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
@@ -16,6 +17,7 @@ from typing import Any, NoReturn
 
 import aiohttp
 
+from engine.lora import CONFIG_FILE, check_servable, read_lora_config
 from engine.types import Completion, FinishReason, GenerationRequest, StreamDelta, Usage
 from engine.vllm_http import (
     Answer,
@@ -175,8 +177,9 @@ class VLLMBackend:
 
     async def load_adapter(self, name: str, path: Path) -> None:
         """Load a PEFT LoRA folder under `name`; a no-op if it is loaded from the same folder."""
-        folder = path.expanduser().resolve()
-        self._check_rank(name, folder)
+        # A small file read, but off the loop: serving requests share it.
+        folder = await asyncio.to_thread(path.expanduser().resolve)
+        await asyncio.to_thread(self._check_servable, name, folder)
         if await self._already_loaded(name, folder):
             return
         answer = await self._http.send(
@@ -246,36 +249,18 @@ class VLLMBackend:
             )
         return False
 
-    def _check_rank(self, name: str, folder: Path) -> None:
-        """Refuse a rank above max_lora_rank before vLLM sees it (its own error is a 500)."""
-        config_path = folder / "adapter_config.json"
+    def _check_servable(self, name: str, folder: Path) -> None:
+        """Refuse what vLLM would (a rank above max_lora_rank, counting rank_pattern) before
+        it sees the adapter: its own error is a 500."""
         if not folder.exists():
             # vLLM may run on another machine with its own file system: let it decide.
             return
-        try:
-            config = json.loads(config_path.read_text())
-        except FileNotFoundError as exc:
+        if not (folder / CONFIG_FILE).is_file():
             raise AdapterError(
-                f"adapter '{name}': {folder} has no adapter_config.json; point at a PEFT LoRA "
+                f"adapter '{name}': {folder} has no {CONFIG_FILE}; point at a PEFT LoRA "
                 f"folder (the one `save_pretrained` wrote)"
-            ) from exc
-        except (OSError, ValueError) as exc:
-            raise AdapterError(
-                f"adapter '{name}': cannot read {config_path} ({exc}); re-save the adapter"
-            ) from exc
-        if config.get("peft_type", "LORA") != "LORA":
-            raise AdapterError(
-                f"adapter '{name}' is a {config.get('peft_type')} adapter; vLLM serves only LoRA"
             )
-        ranks = [config.get("r", 0), *(config.get("rank_pattern") or {}).values()]
-        rank = max(int(r) for r in ranks)
-        limit = self._settings.max_lora_rank
-        if rank > limit:
-            raise AdapterError(
-                f"adapter '{name}' has LoRA rank {rank}, above max_lora_rank {limit}; restart "
-                f"vLLM with a higher --max-lora-rank (and set llm.max_lora_rank to match) or "
-                f"retrain the adapter with r <= {limit}"
-            )
+        check_servable(read_lora_config(folder), name, self._settings.max_lora_rank)
 
     async def health(self) -> None:
         """Return if vLLM's engine answers /health; raise UpstreamUnavailable if not."""

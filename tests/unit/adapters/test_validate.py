@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,10 @@ def corrupt_garbage_header(path: Path) -> None:
     path.write_bytes((12).to_bytes(8, "little") + b"not json!!!!" + b"\0" * 64)
 
 
+def corrupt_garbage_file(path: Path) -> None:
+    path.write_bytes(b"this is not a safetensors file\n" * 8)
+
+
 def corrupt_absurd_length(path: Path) -> None:
     path.write_bytes((2**62).to_bytes(8, "little") + b"{}")
 
@@ -197,11 +202,12 @@ def corrupt_wrong_byte_count(path: Path) -> None:
 @pytest.mark.parametrize(
     ("corrupt", "reason"),
     [
-        (corrupt_truncated, "truncated"),
+        (corrupt_truncated, "lies past the end of the file (truncated?)"),
         (corrupt_garbage_header, "header is not JSON"),
+        (corrupt_garbage_file, "header claims"),
         (corrupt_absurd_length, "header claims"),
         (corrupt_too_short, "shorter than"),
-        (corrupt_wrong_byte_count, "has 16 bytes for shape"),
+        (corrupt_wrong_byte_count, "shape, data type and size disagree"),
     ],
 )
 def test_corrupt_safetensors(
@@ -209,8 +215,10 @@ def test_corrupt_safetensors(
 ) -> None:
     folder = copy_adapter(tiny_model, "alpha", tmp_path)
     corrupt(folder / WEIGHTS_FILE)
-    with pytest.raises(AdapterError, match=f"is corrupt: .*{reason}"):
+    with pytest.raises(AdapterError, match=f"is corrupt: .*{re.escape(reason)}") as caught:
         check(folder, spec)
+    assert str(caught.value).startswith(f"{WEIGHTS_FILE} of adapter 'alpha' is corrupt: ")
+    assert str(caught.value).endswith("; save the adapter again and re-upload it")
 
 
 def test_pickled_weights_are_refused(

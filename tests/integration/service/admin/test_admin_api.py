@@ -14,9 +14,16 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from adapters.registry import Registry
 from cli.main import main as ragtune_cli
+from ragtune.errors import InvalidInput
 from tests.fixtures.api import admin_headers
-from tests.integration.service.admin.conftest import ACTOR, AdminApi, error_message
+from tests.integration.service.admin.conftest import (
+    ACTOR,
+    MAX_ADAPTER_BYTES,
+    AdminApi,
+    error_message,
+)
 
 if TYPE_CHECKING:
     from httpx2 import Response
@@ -194,6 +201,11 @@ def test_delete_of_an_aliased_version_names_the_alias(admin_api: AdminApi) -> No
     assert f"alias {alias}" in error_message(response)
     assert "rollback target" in error_message(response)
     assert (admin_api.root / "store" / old.replace("@", "/")).is_dir()
+    # The same rule, in the same words, as the registry's own (the CLI's `delete`).
+    registry = Registry(admin_api.root, None, max_rank=64, max_bytes=MAX_ADAPTER_BYTES)
+    with pytest.raises(InvalidInput) as caught:
+        registry.delete(old)
+    assert error_message(response) == str(caught.value)
 
 
 def test_pinned_version_must_be_unloaded_before_delete(admin_api: AdminApi) -> None:
@@ -441,3 +453,14 @@ def test_an_alias_a_route_serves_cannot_be_removed(admin_api: AdminApi) -> None:
     response = admin_api.client.delete("/admin/aliases/tone", headers=H)
     assert response.status_code == 422
     assert "used by route 'tone'" in error_message(response)
+
+
+def test_an_alias_a_route_allows_as_an_override_cannot_be_removed(admin_api: AdminApi) -> None:
+    ref, _ = two_versions(admin_api, "pick")
+    point(admin_api, "tone-pick", ref)
+    response = admin_api.client.delete("/admin/aliases/tone-pick", headers=H)
+    assert response.status_code == 422, response.text
+    message = error_message(response)
+    assert "alias 'tone-pick' is used by route 'picker'" in message
+    assert "take it out of the routes file" in message
+    assert "tone-pick" in admin_api.client.get("/admin/adapters", headers=H).json()["aliases"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import stat
 import tarfile
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -347,10 +346,8 @@ def test_unpacked_size_is_limited_too(admin_api: AdminApi, alpha: dict[str, byte
         zf.writestr("padding.bin.txt", bomb)
     body = buffer.getvalue()
     assert len(body) < MAX_UPLOAD_BYTES
-    started = time.monotonic()
     name = admin_api.unique("bomb")
     response = upload(admin_api, body, name)
     assert response.status_code == 422, response.text
     assert "unpacks to more than" in error_message(response)
-    assert time.monotonic() - started < 60
     assert_clean(admin_api, name)
