@@ -66,7 +66,7 @@ class BackendPool:
         return sorted(candidates, key=self._busy.__getitem__)
 
     async def generate(self, request: GenerationRequest) -> Completion:
-        error: Exception | None = None
+        error: Exception = self._none_answered()
         for index in self._order():
             self._busy[index] += 1
             try:
@@ -80,11 +80,10 @@ class BackendPool:
                 error = exc
             finally:
                 self._busy[index] -= 1
-        assert error is not None
         raise error
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
-        error: Exception | None = None
+        error: Exception = self._none_answered()
         for index in self._order():
             started = False
             self._busy[index] += 1
@@ -105,8 +104,11 @@ class BackendPool:
                 error = exc
             finally:
                 self._busy[index] -= 1
-        assert error is not None
         raise error
+
+    def _none_answered(self) -> UpstreamUnavailable:
+        """Raised only if no member was tried; each one tried replaces it with its own error."""
+        return UpstreamUnavailable(f"no {self.name} backend answered; check the engine and retry")
 
     async def _generate_on(self, index: int, request: GenerationRequest) -> Completion:
         member = self.members[index]

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# The generation fields and their bounds, declared once: the engines' sampling, a route's
+# generation settings and every request body that may change them use these.
+MAX_TOKENS_LIMIT = 32_768
+# A request's max_tokens has no upper bound here: the server's api.max_tokens is its limit.
+PositiveTokens = Annotated[int, Field(ge=1)]
+MaxTokens = Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)]
+Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
+TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+StopList = Annotated[list[str], Field(max_length=8)]
+Seed = int
+GenerationField = Literal["max_tokens", "temperature", "top_p", "stop", "seed"]
+GENERATION_FIELDS: tuple[GenerationField, ...] = get_args(GenerationField)
 
 
 class ChatMessage(BaseModel):
@@ -19,11 +32,25 @@ class SamplingParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_tokens: int = Field(default=256, ge=1, le=32_768)
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    stop: list[str] = Field(default_factory=list, max_length=8)
-    seed: int | None = None
+    max_tokens: MaxTokens = 256
+    temperature: Temperature = 0.0
+    top_p: TopP = 1.0
+    stop: StopList = Field(default_factory=list)
+    seed: Seed | None = None
+
+
+class GenerationOverrides(BaseModel):
+    """The generation fields a request body may set; None keeps the route's value."""
+
+    max_tokens: PositiveTokens | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    stop: StopList | None = None
+    seed: Seed | None = None
+
+    def generation(self) -> dict[str, Any]:
+        """The generation fields as the caller sent them (None: not set)."""
+        return {name: getattr(self, name) for name in GENERATION_FIELDS}
 
 
 class GenerationRequest(BaseModel):

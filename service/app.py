@@ -20,9 +20,10 @@ from engine.pool import BackendPool
 from engine.tokens import TokenCounter
 from ingest.embedder import Embedder
 from ingest.sparse import SparseEncoder
-from ingest.store import open_qdrant
+from ingest.store import is_embedded, open_qdrant
 from ragtune.errors import RagtuneError
 from ragtune.settings import Settings
+from service.admin.service import AdminService
 from service.chat.service import ChatService
 from service.errors import install_error_handlers
 from service.heap import frozen_startup_heap
@@ -30,9 +31,10 @@ from service.hotswap.manager import AdapterManager
 from service.limits import BodySizeLimit
 from service.metrics import Metrics, RequestMetrics
 from service.rag.retrieval import RetrievalService
-from service.routes.loader import load_routes, routes_path
+from service.routes.loader import load_served_routes
 from service.state import AppState
 from service.summarize.service import SummarizeService
+from service.workers import Workers, run_on
 
 log = logging.getLogger(__name__)
 BackendFactory = Callable[[Settings], Sequence[Backend]]
@@ -40,9 +42,10 @@ ADMIN_PREFIX = "/admin"
 
 
 def create_app(settings: Settings, backends: BackendFactory = build_backends) -> FastAPI:
-    """The API for `settings`. A bad routes file fails here, before anything is loaded;
-    `backends` builds the generation engines (tests pass a scripted one)."""
-    routes = load_routes(routes_path(settings))
+    """The API for `settings`. A bad routes file, or one that does not fit the settings,
+    fails here, before anything is loaded; `backends` builds the generation engines (tests
+    pass a scripted one)."""
+    routes = load_served_routes(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -55,7 +58,9 @@ def create_app(settings: Settings, backends: BackendFactory = build_backends) ->
         finally:
             await state.adapters.stop()
             await state.backend.aclose()
-            state.qdrant.close()
+            workers = state.retrieval.workers
+            await run_on(workers.store, state.qdrant.close)
+            await workers.shutdown()
 
     app = FastAPI(
         title="ragtune",
@@ -100,9 +105,11 @@ async def _build(settings: Settings, routes: dict[str, Any], backends: BackendFa
     members = await asyncio.to_thread(backends, settings)
     counter = await asyncio.to_thread(TokenCounter.for_settings, settings)
     pool = BackendPool(members)
-    qdrant = open_qdrant(settings)
+    # Embedded Qdrant reads every point from disk when it opens: off the loop.
+    qdrant = await asyncio.to_thread(open_qdrant, settings)
+    workers = Workers.start(embedded_store=is_embedded(qdrant))
     retrieval = RetrievalService(
-        settings, qdrant, embedder, SparseEncoder(settings.sparse), metrics
+        settings, qdrant, embedder, SparseEncoder(settings.sparse), metrics, workers
     )
     root = settings.adapters_root()
     registry = Registry(
@@ -118,7 +125,8 @@ async def _build(settings: Settings, routes: dict[str, Any], backends: BackendFa
         drain_timeout_s=settings.adapters.drain_timeout_s,
     )
     chat = ChatService(routes, retrieval, pool, manager, counter, metrics, settings.api)
-    summarize = SummarizeService(chat, retrieval, counter, metrics)
+    summarize = SummarizeService(routes, retrieval, pool, manager, counter, metrics, settings.api)
+    audit = AuditLog(root / "audit.jsonl")
     return AppState(
         settings=settings,
         routes=routes,
@@ -128,9 +136,10 @@ async def _build(settings: Settings, routes: dict[str, Any], backends: BackendFa
         backend=pool,
         registry=registry,
         adapters=manager,
-        audit=AuditLog(root / "audit.jsonl"),
+        audit=audit,
         chat=chat,
         summarize=summarize,
+        admin=AdminService(registry, manager, audit, routes),
     )
 
 

@@ -2,45 +2,61 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ipaddress
 import logging
 import socket
 from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
 
 from ragtune.settings import Settings
 
 
-def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    s = sub.add_parser(
-        "serve",
-        help="serve the chat, summarize and OpenAI-compatible API (embedded Qdrant and model "
-        "unless RAGTUNE_QDRANT__URL / RAGTUNE_LLM__VLLM_URL are set)",
-    )
-    s.add_argument("--host", help="address to listen on (default: RAGTUNE_API__HOST, 127.0.0.1)")
-    s.add_argument("--port", type=int, help="port (default: RAGTUNE_API__PORT, 8000)")
-    s.add_argument("--routes", type=Path, help="routes file (default: RAGTUNE_API__ROUTES_FILE)")
-    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    s.set_defaults(handler=run_serve)
+def commands() -> typer.Typer:
+    """`serve`."""
+    app = typer.Typer()
+    app.command("serve", rich_help_panel="Serving")(serve)
+    return app
 
 
-def run_serve(args: argparse.Namespace, settings: Settings) -> int:
+def serve(
+    host: Annotated[
+        str | None,
+        typer.Option(help="address to listen on (default: RAGTUNE_API__HOST, 127.0.0.1)"),
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="port (default: RAGTUNE_API__PORT, 8000)")] = (
+        None
+    ),
+    routes: Annotated[
+        Path | None, typer.Option(help="routes file (default: RAGTUNE_API__ROUTES_FILE)")
+    ] = None,
+    log_level: Annotated[
+        Literal["debug", "info", "warning", "error"], typer.Option(help="uvicorn's log level")
+    ] = "info",
+) -> int:
+    """Serve the chat, summarize and OpenAI-compatible API.
+
+    On embedded Qdrant and the embedded model, unless RAGTUNE_QDRANT__URL or
+    RAGTUNE_LLM__VLLM_URL name servers.
+    """
     import uvicorn
 
     from service.app import create_app
 
+    settings = Settings()
     api = settings.api.model_copy(
         update={
             k: v
-            for k, v in (("host", args.host), ("port", args.port), ("routes_file", args.routes))
+            for k, v in (("host", host), ("port", port), ("routes_file", routes))
             if v is not None
         }
     )
     settings = settings.model_copy(update={"api": api})
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     app = create_app(settings)  # a bad routes file stops here, with the route and field named
-    config = uvicorn.Config(app, host=api.host, port=api.port, log_level=args.log_level)
+    config = uvicorn.Config(app, host=api.host, port=api.port, log_level=log_level)
     server = _server_class()(config, banner=banner(settings))
     # uvicorn re-raises the Ctrl-C it has already handled by shutting down cleanly.
     with contextlib.suppress(KeyboardInterrupt):

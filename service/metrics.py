@@ -61,6 +61,13 @@ class Metrics:
             ["type"],
             registry=self.registry,
         )
+        self.invalid_json = Counter(
+            "ragtune_invalid_json_outputs",
+            "Answers of JSON routes that were not the route's JSON, by route and why "
+            "(cut_off by max_tokens, not_json, schema)",
+            ["route", "reason"],
+            registry=self.registry,
+        )
 
     @contextmanager
     def timed(self, route: str, stage: str) -> Iterator[None]:

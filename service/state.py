@@ -10,6 +10,7 @@ from adapters.audit import AuditLog
 from adapters.registry import Registry
 from engine.pool import BackendPool
 from ragtune.settings import Settings
+from service.admin.service import AdminService
 from service.chat.service import ChatService
 from service.hotswap.manager import AdapterManager
 from service.metrics import Metrics
@@ -31,3 +32,4 @@ class AppState:
     audit: AuditLog
     chat: ChatService
     summarize: SummarizeService
+    admin: AdminService

@@ -18,9 +18,7 @@ from service.chat.schemas import (
 )
 from service.chat.service import ChatCall, ChatEvent, ChatResult, DeltaEvent, SourcesEvent
 from service.deps import ChatDep
-from service.errors import describe
-from service.routes.schemas import GENERATION_FIELDS
-from service.sse import DONE, event, sse_response
+from service.sse import sse_response
 
 # Behind the API keys when api.keys is set.
 router = APIRouter(tags=["chat"], route_class=ApiKeyRoute)
@@ -32,12 +30,11 @@ async def chat(body: ChatRequest, service: ChatDep, request: Request) -> Any:
     call = to_call(body)
     if body.stream:
         # Prepared before the 200 goes out, so a bad request is still an HTTP error.
-        return sse_response(_events(await service.open_stream(call)))
+        return sse_response(_events(await service.open_stream(call)), on_error=_error_event)
     return to_response(await service.answer(call))
 
 
 def to_call(body: ChatRequest) -> ChatCall:
-    sampling: dict[str, Any] = {name: getattr(body, name) for name in GENERATION_FIELDS}
     return ChatCall(
         route=body.route,
         messages=body.messages,
@@ -45,7 +42,7 @@ def to_call(body: ChatRequest) -> ChatCall:
         top_k=body.top_k,
         mode=body.mode,
         adapter=body.adapter,
-        sampling=sampling,
+        sampling=body.generation(),
     )
 
 
@@ -55,6 +52,7 @@ def to_response(result: ChatResult) -> ChatResponse:
         adapter=result.adapter,
         answer=result.text,
         output=result.output,
+        output_error=result.output_error,
         finish_reason=result.finish_reason,
         sources=sources_out(result.sources),
         citations=citations_out(result.citations),
@@ -62,22 +60,13 @@ def to_response(result: ChatResult) -> ChatResponse:
     )
 
 
-async def _events(events: AsyncIterator[ChatEvent]) -> AsyncIterator[str]:
-    try:
-        async for chunk in _chat_events(events):
-            yield chunk
-    except Exception as exc:
-        # The status is already sent: the error is the stream's last event.
-        status, body = describe(exc)
-        yield event(
-            StreamEvent(type="error", error={**body["error"], "status": status}).model_dump(
-                exclude_none=True
-            )
-        )
-        yield DONE
+def _error_event(error: dict[str, Any]) -> dict[str, Any]:
+    """The stream's last event when answering failed after the 200 was sent."""
+    return StreamEvent(type="error", error=error).model_dump(exclude_none=True)
 
 
-async def _chat_events(events: AsyncIterator[ChatEvent]) -> AsyncIterator[str]:
+async def _events(events: AsyncIterator[ChatEvent]) -> AsyncIterator[dict[str, Any]]:
+    """Sources first, then the answer's pieces, then done (citations, usage, output)."""
     async for item in events:
         out: StreamEvent
         if isinstance(item, SourcesEvent):
@@ -96,6 +85,6 @@ async def _chat_events(events: AsyncIterator[ChatEvent]) -> AsyncIterator[str]:
                 citations=citations_out(item.citations),
                 usage=UsageOut.of(item.usage),
                 output=item.output,
+                output_error=item.output_error,
             )
-        yield event(out.model_dump(exclude_none=True))
-    yield DONE
+        yield out.model_dump(exclude_none=True)

@@ -6,7 +6,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.types import ChatMessage, FinishReason, Usage
+from engine.types import ChatMessage, FinishReason, GenerationOverrides, Usage
 from ingest.search import Mode
 from service.rag.citations import CitationCheck
 from service.rag.context import Source
@@ -14,7 +14,7 @@ from service.rag.context import Source
 FilterValue = str | int | bool
 
 
-class ChatRequest(BaseModel):
+class ChatRequest(GenerationOverrides):
     model_config = ConfigDict(extra="forbid")
 
     route: str = "chat"
@@ -25,11 +25,7 @@ class ChatRequest(BaseModel):
     mode: Mode | None = None
     # An adapter alias from the route's allow-list, or "base".
     adapter: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    stop: list[str] | None = Field(default=None, max_length=8)
-    seed: int | None = None
+    # max_tokens, temperature, top_p, stop, seed: from GenerationOverrides.
     stream: bool = False
 
 
@@ -71,8 +67,10 @@ class ChatResponse(BaseModel):
     # The adapter version that answered ("name@version"), or None for the base model.
     adapter: str | None
     answer: str
-    # JSON routes: the answer parsed (None if it was cut off by max_tokens).
+    # JSON routes: the answer parsed; None when it is not the route's JSON, and then
+    # `output_error` says why (cut off by max_tokens, not JSON, not the schema's).
     output: Any = None
+    output_error: str | None = None
     finish_reason: FinishReason
     sources: list[SourceOut]
     citations: Citations
@@ -91,6 +89,7 @@ class StreamEvent(BaseModel):
     citations: Citations | None = None
     usage: UsageOut | None = None
     output: Any = None
+    output_error: str | None = None
     error: dict[str, Any] | None = None
 
 

@@ -4,32 +4,24 @@ and check the answer's citation markers against what was retrieved."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine.backend import Backend
 from engine.tokens import TokenCounter
-from engine.types import (
-    ChatMessage,
-    Completion,
-    FinishReason,
-    GenerationRequest,
-    SamplingParams,
-    StreamDelta,
-    Usage,
-)
+from engine.types import ChatMessage, FinishReason, GenerationRequest, Usage
 from ingest.search import FilterValue, Mode
-from ragtune.errors import InvalidInput, NotFound, UpstreamUnavailable
+from ragtune.errors import InvalidInput, UpstreamUnavailable
 from ragtune.settings import ApiSettings
 from service.hotswap.manager import AdapterManager
 from service.metrics import Metrics
 from service.rag.citations import CitationCheck, StreamingCitations
-from service.rag.context import Source, pack_sources, render_context
+from service.rag.context import Source, render_context
 from service.rag.retrieval import RetrievalService
-from service.routes.schemas import BASE_MODEL, GENERATION_FIELDS, RouteSpec
+from service.routes.output import parse_output
+from service.routes.policy import adapter_for, find_route, sampling
+from service.routes.schemas import BASE_MODEL, RouteSpec
 
 
 @dataclass
@@ -61,7 +53,9 @@ class ChatResult:
     route: str
     adapter: str | None
     text: str
+    # JSON routes: the answer parsed, or None with `output_error` saying why it is not valid.
     output: Any
+    output_error: str | None
     finish_reason: FinishReason
     sources: list[Source]
     citations: CitationCheck
@@ -84,6 +78,8 @@ ChatEvent = SourcesEvent | DeltaEvent | ChatResult
 
 
 class ChatService:
+    """Answers on the routes of kind chat (for /v1/chat and the OpenAI endpoint)."""
+
     def __init__(
         self,
         routes: Mapping[str, RouteSpec],
@@ -94,38 +90,30 @@ class ChatService:
         metrics: Metrics,
         limits: ApiSettings,
     ) -> None:
-        self.routes = routes
+        self._routes = routes
         self._retrieval = retrieval
-        self.backend = backend
-        self.adapters = adapters
+        self._backend = backend
+        self._adapters = adapters
         self._counter = counter
         self._metrics = metrics
-        self.limits = limits
-
-    def route(self, name: str, kind: str = "chat") -> RouteSpec:
-        spec = self.routes.get(name)
-        if spec is None:
-            raise NotFound(
-                f"route {name!r} does not exist; routes: {', '.join(sorted(self.routes))}"
-            )
-        if spec.kind != kind:
-            raise InvalidInput(f"route {name!r} is a {spec.kind} route, not a {kind} route")
-        return spec
+        self._limits = limits
 
     async def answer(self, call: ChatCall) -> ChatResult:
         """The whole answer, with its sources and citation check."""
         try:
-            async with asyncio.timeout(self.limits.request_timeout_s):
+            async with asyncio.timeout(self._limits.request_timeout_s):
                 prepared = await self.prepare(call)
-                async with self.adapters.lease(prepared.alias) as ref:
+                async with self._adapters.lease(prepared.alias) as ref:
                     request = prepared.request.model_copy(update={"adapter": ref})
                     with self._metrics.timed(prepared.route, "generate"):
-                        completion = await self.backend.generate(request)
+                        completion = await self._backend.generate(request)
         except TimeoutError as exc:
             raise self._timed_out() from exc
         check = CitationCheck(len(prepared.sources))
         text = check.clean(completion.text) if self._cites(prepared) else completion.text
-        return self._finish(prepared, ref, text, completion.text, completion, check)
+        return self._finish(
+            prepared, ref, text, completion.text, completion.finish_reason, completion.usage, check
+        )
 
     async def open_stream(self, call: ChatCall) -> AsyncIterator[ChatEvent]:
         """Prepare now (so a bad request fails before any byte is sent), then stream: sources
@@ -135,15 +123,15 @@ class ChatService:
         never cut, a backend that stops answering is.
         """
         try:
-            async with asyncio.timeout(self.limits.request_timeout_s):
+            async with asyncio.timeout(self._limits.request_timeout_s):
                 prepared = await self.prepare(call)
         except TimeoutError as exc:
             raise self._timed_out() from exc
         return self._stream(prepared)
 
     async def _stream(self, prepared: Prepared) -> AsyncIterator[ChatEvent]:
-        timeout = self.limits.request_timeout_s
-        async with self.adapters.lease(prepared.alias) as ref:
+        timeout = self._limits.request_timeout_s
+        async with self._adapters.lease(prepared.alias) as ref:
             yield SourcesEvent(prepared.route, ref, prepared.sources)
             request = prepared.request.model_copy(update={"adapter": ref})
             check = CitationCheck(len(prepared.sources))
@@ -151,7 +139,7 @@ class ChatService:
             raw: list[str] = []
             sent: list[str] = []
             with self._metrics.timed(prepared.route, "generate"):
-                deltas = aiter(self.backend.stream(request))
+                deltas = aiter(self._backend.stream(request))
                 while True:
                     try:
                         # In this task, not a new one: the stream's HTTP context lives here.
@@ -169,25 +157,33 @@ class ChatService:
                         sent.append(text)
                         yield DeltaEvent(text)
                     if delta.finish_reason is not None and delta.usage is not None:
-                        yield self._finish(prepared, ref, "".join(sent), "".join(raw), delta, check)
+                        yield self._finish(
+                            prepared,
+                            ref,
+                            "".join(sent),
+                            "".join(raw),
+                            delta.finish_reason,
+                            delta.usage,
+                            check,
+                        )
                         return
         raise UpstreamUnavailable("the backend ended the stream before finishing the answer")
 
     def _timed_out(self) -> UpstreamUnavailable:
         return UpstreamUnavailable(
-            f"the answer took longer than {self.limits.request_timeout_s:g} s "
+            f"the answer took longer than {self._limits.request_timeout_s:g} s "
             f"(api.request_timeout_s); the backend may be overloaded, retry later"
         )
 
     async def prepare(self, call: ChatCall) -> Prepared:
         """Check the call against the route, retrieve, and build the generation request."""
-        spec = self.route(call.route)
-        alias = self.adapter_for(call.route, spec, call.adapter)
-        await self.adapters.check(alias)
+        spec = find_route(self._routes, call.route, "chat")
+        alias = adapter_for(call.route, spec, call.adapter)
+        await self._adapters.check(alias)
         messages = list(call.messages)
-        if len(messages) > self.limits.max_messages:
+        if len(messages) > self._limits.max_messages:
             raise InvalidInput(
-                f"messages: {len(messages)} messages, the limit is {self.limits.max_messages}"
+                f"messages: {len(messages)} messages, the limit is {self._limits.max_messages}"
             )
         if messages[-1].role != "user":
             raise InvalidInput("messages: the last message must be the user's question")
@@ -205,7 +201,7 @@ class ChatService:
                 top_k=call.top_k,
                 mode=call.mode,
             )
-            sources = pack_sources(hits, self._counter, spec.retrieval.context_tokens)
+            sources = await self._retrieval.pack(hits, self._counter, spec.retrieval.context_tokens)
         elif call.filters or call.top_k or call.mode:
             raise InvalidInput(f"route {call.route!r} does not retrieve; drop filters/top_k/mode")
         context = render_context(sources)
@@ -219,40 +215,10 @@ class ChatService:
         built.append(ChatMessage(role="user", content=spec.prompt.user.format_map(values)))
         request = GenerationRequest(
             messages=built,
-            sampling=self.sampling(call.route, spec, call.sampling),
+            sampling=sampling(call.route, spec, call.sampling, self._limits.max_tokens),
             json_schema=spec.output.json_schema,
         )
         return Prepared(call.route, spec, request, alias, sources)
-
-    def sampling(self, route: str, spec: RouteSpec, asked: Mapping[str, Any]) -> SamplingParams:
-        """The route's generation settings with the caller's allowed changes applied."""
-        values = spec.generation.model_dump()
-        for name, value in asked.items():
-            if value is None:
-                continue
-            if name not in GENERATION_FIELDS or name not in spec.overrides.generation:
-                raise InvalidInput(f"{name}: route {route!r} does not let callers change it")
-            values[name] = value
-        if values["max_tokens"] > self.limits.max_tokens:
-            raise InvalidInput(
-                f"max_tokens: {values['max_tokens']} is above this server's limit of "
-                f"{self.limits.max_tokens}"
-            )
-        return SamplingParams.model_validate(values)
-
-    @staticmethod
-    def adapter_for(route: str, spec: RouteSpec, asked: str | None) -> str | None:
-        """The alias to serve with (None: the base model): the route's, or the caller's
-        choice from the route's allow-list."""
-        if asked is None:
-            return spec.adapter
-        wanted = None if asked == BASE_MODEL else asked
-        if not spec.allows_adapter(wanted):
-            allowed = sorted({spec.adapter or BASE_MODEL, *spec.overrides.adapters})
-            raise InvalidInput(
-                f"adapter: route {route!r} allows {', '.join(map(repr, allowed))}, not {asked!r}"
-            )
-        return wanted
 
     @staticmethod
     def _check_retrieval_overrides(call: ChatCall, spec: RouteSpec) -> None:
@@ -279,17 +245,14 @@ class ChatService:
         ref: str | None,
         text: str,
         raw: str,
-        final: Completion | StreamDelta,
+        finish_reason: FinishReason,
+        usage: Usage,
         check: CitationCheck,
     ) -> ChatResult:
-        usage = final.usage
-        assert usage is not None
-        assert final.finish_reason is not None
-        output = None
-        if prepared.spec.output.type == "json":
-            with contextlib.suppress(ValueError):
-                output = json.loads(raw)
         route = prepared.route
+        output = parse_output(prepared.spec.output, raw, finish_reason)
+        if output.reason is not None:
+            self._metrics.invalid_json.labels(route, output.reason).inc()
         self._metrics.tokens.labels(route, "in").inc(usage.prompt_tokens)
         self._metrics.tokens.labels(route, "out").inc(usage.completion_tokens)
         self._metrics.adapter_use.labels(route, ref or BASE_MODEL).inc()
@@ -297,8 +260,9 @@ class ChatService:
             route=route,
             adapter=ref,
             text=text,
-            output=output,
-            finish_reason=final.finish_reason,
+            output=output.value,
+            output_error=output.error,
+            finish_reason=finish_reason,
             sources=prepared.sources,
             citations=check,
             usage=usage,

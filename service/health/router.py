@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ragtune.errors import RagtuneError
-from service.deps import StateDep
+from service.deps import BackendDep, MetricsDep, RetrievalDep, SettingsDep
 
 router = APIRouter(tags=["health"])
 # A readiness probe must answer quickly even when a dependency hangs.
@@ -23,9 +23,11 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(state: StateDep) -> JSONResponse:
+async def readyz(
+    retrieval: RetrievalDep, backend: BackendDep, settings: SettingsDep
+) -> JSONResponse:
     checks: dict[str, Any] = {}
-    for name, probe in (("qdrant", state.retrieval.ping()), ("backend", state.backend.health())):
+    for name, probe in (("qdrant", retrieval.ping()), ("backend", backend.health())):
         try:
             await asyncio.wait_for(probe, _CHECK_TIMEOUT_S)
             checks[name] = "ok"
@@ -37,10 +39,10 @@ async def readyz(state: StateDep) -> JSONResponse:
     body = {"status": "ready" if ready else "unavailable", "checks": checks}
     if ready:
         return JSONResponse(body)
-    headers = {"Retry-After": str(state.settings.api.retry_after_s)}
+    headers = {"Retry-After": str(settings.api.retry_after_s)}
     return JSONResponse(body, status_code=503, headers=headers)
 
 
 @router.get("/metrics")
-async def metrics(state: StateDep) -> Response:
-    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+async def metrics(metrics: MetricsDep) -> Response:
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from service.auth import ApiKeyRoute
-from service.deps import ChatDep
+from service.deps import ChatDep, RoutesDep
 from service.openai_api import service
 from service.openai_api.schemas import ChatCompletion, ChatCompletionRequest, ModelList
 from service.sse import sse_response
@@ -30,5 +30,5 @@ async def chat_completions(body: ChatCompletionRequest, chat: ChatDep, request: 
 
 
 @router.get("/v1/models", response_model=ModelList)
-async def models(chat: ChatDep) -> ModelList:
-    return service.list_models(chat, _STARTED)
+async def models(routes: RoutesDep) -> ModelList:
+    return service.list_models(routes, _STARTED)

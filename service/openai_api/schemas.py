@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.types import GenerationOverrides, PositiveTokens
 from ingest.search import Mode
 from service.chat.schemas import UsageOut
 
@@ -32,18 +33,17 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(GenerationOverrides):
     model_config = ConfigDict(extra="allow")
 
     # The route's name: GET /v1/models lists them.
     model: str
     messages: list[OpenAIMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    # max_tokens, temperature, top_p, seed: from GenerationOverrides; OpenAI's spellings:
+    max_completion_tokens: PositiveTokens | None = None
+    # One string or a list, as OpenAI takes it; the engines' bound (StopList) is checked when
+    # the sampling is built, so a long list is a 422 that names `stop`.
+    stop: str | list[str] | None = None  # type: ignore[assignment]
     n: int | None = Field(default=None, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -79,6 +79,9 @@ class RagtuneExtra(BaseModel):
     adapter: str | None
     sources: list[Any]
     citations: dict[str, Any]
+    # JSON routes: the answer parsed, or None with `output_error` saying why it is not valid.
+    output: Any = None
+    output_error: str | None = None
 
 
 class ChatCompletion(BaseModel):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from engine.types import ChatMessage
 from ragtune.errors import InvalidInput
 from service.chat.schemas import citations_out, sources_out
-from service.chat.service import ChatCall, ChatResult, ChatService, DeltaEvent, SourcesEvent
+from service.chat.service import ChatCall, ChatResult, DeltaEvent, SourcesEvent
 from service.openai_api.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -22,7 +22,7 @@ from service.openai_api.schemas import (
     RagtuneExtra,
     ResponseMessage,
 )
-from service.sse import DONE, event
+from service.routes.schemas import RouteSpec
 
 
 def to_call(body: ChatCompletionRequest) -> ChatCall:
@@ -38,7 +38,10 @@ def to_call(body: ChatCompletionRequest) -> ChatCall:
         )
     if body.max_tokens is not None and body.max_completion_tokens is not None:
         raise InvalidInput("max_tokens and max_completion_tokens: send one of them")
-    stop = [body.stop] if isinstance(body.stop, str) else body.stop
+    sampling = body.generation()
+    sampling["max_tokens"] = body.max_completion_tokens or body.max_tokens
+    if isinstance(body.stop, str):
+        sampling["stop"] = [body.stop]
     return ChatCall(
         route=body.model,
         messages=[_message(i, m) for i, m in enumerate(body.messages)],
@@ -46,13 +49,7 @@ def to_call(body: ChatCompletionRequest) -> ChatCall:
         top_k=body.top_k,
         mode=body.mode,
         adapter=body.adapter,
-        sampling={
-            "max_tokens": body.max_completion_tokens or body.max_tokens,
-            "temperature": body.temperature,
-            "top_p": body.top_p,
-            "stop": stop,
-            "seed": body.seed,
-        },
+        sampling=sampling,
     )
 
 
@@ -73,22 +70,25 @@ def _message(index: int, message: OpenAIMessage) -> ChatMessage:
     return ChatMessage(role=role, content=content or "")
 
 
-def list_models(chat: ChatService, created: int) -> ModelList:
+def list_models(routes: Mapping[str, RouteSpec], created: int) -> ModelList:
+    """The chat routes, as OpenAI models."""
     return ModelList(
         data=[
             Model(id=name, created=created, description=spec.description, kind=spec.kind)
-            for name, spec in sorted(chat.routes.items())
+            for name, spec in sorted(routes.items())
             if spec.kind == "chat"
         ]
     )
 
 
-def _extra(result: ChatResult | SourcesEvent, citations: dict[str, Any]) -> RagtuneExtra:
+def _extra(result: ChatResult) -> RagtuneExtra:
     return RagtuneExtra(
         route=result.route,
         adapter=result.adapter,
         sources=[s.model_dump() for s in sources_out(result.sources)],
-        citations=citations,
+        citations=citations_out(result.citations).model_dump(),
+        output=result.output,
+        output_error=result.output_error,
     )
 
 
@@ -101,15 +101,16 @@ def completion(result: ChatResult) -> ChatCompletion:
             Choice(message=ResponseMessage(content=result.text), finish_reason=result.finish_reason)
         ],
         usage=CompletionUsage.of(result.usage),
-        ragtune=_extra(result, citations_out(result.citations).model_dump()),
+        ragtune=_extra(result),
     )
 
 
 async def chunks(
     events: AsyncIterator[DeltaEvent | SourcesEvent | ChatResult], model: str, include_usage: bool
-) -> AsyncIterator[str]:
+) -> AsyncIterator[dict[str, Any]]:
     """OpenAI's chat.completion.chunk stream: a role chunk, content chunks, a chunk with the
-    finish reason (and ragtune's sources and citations), the usage chunk if asked, [DONE]."""
+    finish reason (and ragtune's sources, citations and output), the usage chunk if asked
+    (service/sse.py adds the [DONE])."""
     base: dict[str, Any] = {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion.chunk",
@@ -117,9 +118,9 @@ async def chunks(
         "model": model,
     }
 
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return event({**base, "choices": [choice], **extra})
+        return {**base, "choices": [choice], **extra}
 
     async for item in events:
         if isinstance(item, SourcesEvent):
@@ -127,10 +128,6 @@ async def chunks(
         elif isinstance(item, DeltaEvent):
             yield chunk({"content": item.text})
         else:
-            extra = _extra(item, citations_out(item.citations).model_dump()).model_dump()
-            yield chunk({}, item.finish_reason, ragtune=extra)
+            yield chunk({}, item.finish_reason, ragtune=_extra(item).model_dump())
             if include_usage:
-                yield event(
-                    {**base, "choices": [], "usage": CompletionUsage.of(item.usage).model_dump()}
-                )
-    yield DONE
+                yield {**base, "choices": [], "usage": CompletionUsage.of(item.usage).model_dump()}

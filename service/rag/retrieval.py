@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
 from qdrant_client import QdrantClient, models
 
+from engine.tokens import TokenCounter
 from ingest.embedder import Embedder
 from ingest.search import FilterValue, Hit, Mode, Retriever, build_filter
 from ingest.sparse import SparseEncoder
-from ingest.store import Collection, is_embedded, qdrant_errors
-from ragtune.errors import InvalidInput, NotFound
+from ingest.store import Collection, qdrant_errors
+from ragtune.errors import ConfigMismatch, InvalidInput, NotFound
 from ragtune.settings import Settings
 from service.metrics import Metrics
 from service.rag.batching import Batcher
+from service.rag.context import Source, pack_sources
 from service.routes.schemas import RetrievalSpec
+from service.workers import Workers, run_on
 
 T = TypeVar("T")
 Filters = Mapping[str, FilterValue | list[FilterValue]]
@@ -35,7 +37,8 @@ class Document:
 
 
 class RetrievalService:
-    """Searches and reads the configured Qdrant on worker threads."""
+    """Searches and reads the configured Qdrant, embeds questions and tokenizes sources, each
+    on its own threads (`workers`)."""
 
     def __init__(
         self,
@@ -44,30 +47,31 @@ class RetrievalService:
         embedder: Embedder,
         sparse: SparseEncoder,
         metrics: Metrics,
+        workers: Workers,
     ) -> None:
         self._settings = settings
         self.client = client
         self.embedder = embedder
         self.sparse = sparse
         self._metrics = metrics
+        self.workers = workers
         self._retrievers: dict[str, Retriever] = {}
-        # Embedded Qdrant is plain Python structures without locking of its own.
-        self._qdrant_lock = threading.Lock() if is_embedded(client) else None
         # Concurrent questions share one embedding call: on CPU, 8 short queries cost about
         # 6 ms each together against 14 ms alone (all-MiniLM-L6-v2, one core).
         self.queries = Batcher(
-            self._embed, settings.embedding.batch_size, on_batch=metrics.embed_batch.observe
+            self._embed,
+            settings.embedding.batch_size,
+            on_batch=metrics.embed_batch.observe,
+            executor=workers.embedder,
         )
 
     async def _qdrant(self, call: Callable[[], T]) -> T:
+        # Embedded Qdrant has no locking of its own: its executor has one thread.
         def run() -> T:
             with qdrant_errors(self._settings):
-                if self._qdrant_lock is None:
-                    return call()
-                with self._qdrant_lock:
-                    return call()
+                return call()
 
-        return await asyncio.to_thread(run)
+        return await run_on(self.workers.store, run)
 
     async def retriever(self, collection: str) -> Retriever:
         found = self._retrievers.get(collection)
@@ -77,6 +81,22 @@ class RetrievalService:
             )
             self._retrievers[collection] = found
         return found
+
+    async def _with_retriever(self, collection: str, call: Callable[[Retriever], T]) -> T:
+        """`call` on the collection's cached retriever. A collection dropped or rebuilt since
+        it was opened (`ragtune ingest --reindex`) fails with NotFound or ConfigMismatch: the
+        retriever is then opened again, re-reading the manifest, and `call` retried once."""
+        cached = self._retrievers.get(collection)
+        retriever = cached or await self.retriever(collection)
+        try:
+            return await self._qdrant(lambda: call(retriever))
+        except (NotFound, ConfigMismatch):
+            if cached is None:
+                raise
+            if self._retrievers.get(collection) is cached:
+                del self._retrievers[collection]
+            fresh = await self.retriever(collection)
+            return await self._qdrant(lambda: call(fresh))
 
     async def search(
         self,
@@ -89,7 +109,7 @@ class RetrievalService:
         mode: Mode | None = None,
     ) -> list[Hit]:
         """The route's retrieval for `query`, with the caller's allowed overrides applied."""
-        retriever = await self.retriever(spec.collection)
+        await self.retriever(spec.collection)  # refuses a missing collection before embedding
         mode = mode or spec.mode
         merged = merge_filters(spec.filters, filters)
         vector: list[float] | None = None
@@ -97,8 +117,9 @@ class RetrievalService:
             with self._metrics.timed(route, "embed"):
                 vector = await self.queries.submit(query)
         with self._metrics.timed(route, "search"):
-            return await self._qdrant(
-                lambda: retriever.search(
+            return await self._with_retriever(
+                spec.collection,
+                lambda retriever: retriever.search(
                     query,
                     mode=mode,
                     top_k=top_k or spec.top_k,
@@ -106,8 +127,13 @@ class RetrievalService:
                     score_threshold=spec.score_threshold,
                     per_document=spec.per_document,
                     dense_vector=vector,
-                )
+                ),
             )
+
+    async def pack(self, hits: list[Hit], counter: TokenCounter, budget: int) -> list[Source]:
+        """`pack_sources` on the tokenizer's thread (the only one that touches the counter's
+        cache of token offsets)."""
+        return await run_on(self.workers.tokens, pack_sources, hits, counter, budget)
 
     def _embed(self, queries: list[str]) -> list[list[float]]:
         vectors: list[list[float]] = self.embedder.encode(queries).tolist()
@@ -122,39 +148,16 @@ class RetrievalService:
         max_chunks: int,
     ) -> list[Document]:
         """Whole documents named by id or matched by a filter, each rebuilt from its chunks."""
-        await self.retriever(spec.collection)  # refuses a missing or mismatched collection
         merged = dict(merge_filters(spec.filters, filters))
         if doc_ids:
             merged["doc_id"] = list(doc_ids)
         query_filter = build_filter(merged)
-        points = await self._qdrant(lambda: self._scroll(spec.collection, query_filter, max_chunks))
-        by_doc: dict[str, list[models.Record]] = {}
-        for point in points:
-            payload = point.payload or {}
-            by_doc.setdefault(str(payload.get("doc_id")), []).append(point)
-        if doc_ids:
-            missing = [d for d in doc_ids if d not in by_doc]
-            if missing:
-                raise NotFound(
-                    f"no ingested document has id {', '.join(map(repr, missing))} in collection "
-                    f"{spec.collection!r}; ids are shown by `ragtune search ... --json`"
-                )
-        if not by_doc:
-            raise NotFound(f"no document in collection {spec.collection!r} matches {merged}")
-        order = doc_ids or sorted(by_doc)
-        documents = []
-        for doc_id in order:
-            chunks = sorted(by_doc[doc_id], key=lambda p: int((p.payload or {})["chunk_index"]))
-            first = chunks[0].payload or {}
-            documents.append(
-                Document(
-                    doc_id=doc_id,
-                    title=str(first.get("title") or first.get("source") or doc_id),
-                    text=_join_chunks([str((c.payload or {}).get("text", "")) for c in chunks]),
-                    chunks=len(chunks),
-                )
-            )
-        return documents
+        # Through the retriever: refuses a missing or mismatched collection.
+        points = await self._with_retriever(
+            spec.collection, lambda _: self._scroll(spec.collection, query_filter, max_chunks)
+        )
+        # Thousands of chunks to group and join: off the loop, off the store's thread.
+        return await asyncio.to_thread(_documents, points, spec.collection, doc_ids, merged)
 
     def _scroll(
         self, collection: str, query_filter: models.Filter | None, max_chunks: int
@@ -198,6 +201,43 @@ def merge_filters(route: Filters, caller: Filters | None) -> Filters:
             f"set by the caller"
         )
     return {**route, **caller}
+
+
+def _documents(
+    points: list[models.Record],
+    collection: str,
+    doc_ids: list[str] | None,
+    merged: Mapping[str, object],
+) -> list[Document]:
+    """The scrolled chunks grouped by document (in `doc_ids` order, else by id), each joined
+    back into its text."""
+    by_doc: dict[str, list[models.Record]] = {}
+    for point in points:
+        payload = point.payload or {}
+        by_doc.setdefault(str(payload.get("doc_id")), []).append(point)
+    if doc_ids:
+        missing = [d for d in doc_ids if d not in by_doc]
+        if missing:
+            raise NotFound(
+                f"no ingested document has id {', '.join(map(repr, missing))} in collection "
+                f"{collection!r}; ids are shown by `ragtune search ... --json`"
+            )
+    if not by_doc:
+        raise NotFound(f"no document in collection {collection!r} matches {merged}")
+    order = doc_ids or sorted(by_doc)
+    documents = []
+    for doc_id in order:
+        chunks = sorted(by_doc[doc_id], key=lambda p: int((p.payload or {})["chunk_index"]))
+        first = chunks[0].payload or {}
+        documents.append(
+            Document(
+                doc_id=doc_id,
+                title=str(first.get("title") or first.get("source") or doc_id),
+                text=_join_chunks([str((c.payload or {}).get("text", "")) for c in chunks]),
+                chunks=len(chunks),
+            )
+        )
+    return documents
 
 
 def _join_chunks(texts: list[str]) -> str:

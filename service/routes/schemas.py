@@ -7,17 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from engine.types import GENERATION_FIELDS, GenerationField, SamplingParams
 from ingest.search import Mode
 
 RouteKind = Literal["chat", "summarize"]
-GenerationField = Literal["max_tokens", "temperature", "top_p", "stop", "seed"]
-GENERATION_FIELDS: tuple[GenerationField, ...] = (
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "stop",
-    "seed",
-)
 # "base" in an adapter allow-list means the caller may ask for the base model.
 BASE_MODEL = "base"
 # The variables each template may use, per route kind.
@@ -61,12 +54,8 @@ class PromptSpec(_Strict):
     reduce: str | None = None
 
 
-class GenerationSpec(_Strict):
-    max_tokens: int = Field(default=256, ge=1, le=32_768)
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    stop: list[str] = Field(default_factory=list, max_length=8)
-    seed: int | None = None
+class GenerationSpec(SamplingParams):
+    """A route's sampling: the engines' fields, with their bounds (engine/types.py)."""
 
 
 class OutputSpec(_Strict):

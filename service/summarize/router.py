@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 
 from service.auth import ApiKeyRoute
 from service.chat.schemas import UsageOut
 from service.deps import SummarizeDep
-from service.routes.schemas import GENERATION_FIELDS
 from service.summarize.schemas import SummarizedDocument, SummarizeRequest, SummarizeResponse
 from service.summarize.service import SummarizeCall
 
@@ -22,7 +19,6 @@ async def summarize(
     body: SummarizeRequest, service: SummarizeDep, request: Request
 ) -> SummarizeResponse:
     request.state.route_label = body.route
-    sampling: dict[str, Any] = {name: getattr(body, name) for name in GENERATION_FIELDS}
     result = await service.summarize(
         SummarizeCall(
             route=body.route,
@@ -30,7 +26,7 @@ async def summarize(
             doc_ids=body.doc_ids,
             filters=body.filters,
             adapter=body.adapter,
-            sampling=sampling,
+            sampling=body.generation(),
         )
     )
     return SummarizeResponse(
@@ -38,6 +34,7 @@ async def summarize(
         adapter=result.adapter,
         summary=result.text,
         output=result.output,
+        output_error=result.output_error,
         finish_reason=result.finish_reason,
         documents=[
             SummarizedDocument(doc_id=d.doc_id, title=d.title, chunks=d.chunks)

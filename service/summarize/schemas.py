@@ -6,13 +6,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from engine.types import FinishReason
+from engine.types import FinishReason, GenerationOverrides
 from service.chat.schemas import UsageOut
 
 FilterValue = str | int | bool
 
 
-class SummarizeRequest(BaseModel):
+class SummarizeRequest(GenerationOverrides):
     """Exactly one of: `text`, `doc_ids` (ingested documents), `filters` (documents matching)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -22,11 +22,7 @@ class SummarizeRequest(BaseModel):
     doc_ids: list[str] | None = Field(default=None, min_length=1, max_length=100)
     filters: dict[str, FilterValue | list[FilterValue]] | None = None
     adapter: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    stop: list[str] | None = Field(default=None, max_length=8)
-    seed: int | None = None
+    # max_tokens, temperature, top_p, stop, seed: from GenerationOverrides.
 
     @model_validator(mode="after")
     def _one_input(self) -> SummarizeRequest:
@@ -49,8 +45,10 @@ class SummarizeResponse(BaseModel):
     route: str
     adapter: str | None
     summary: str
-    # JSON routes: the summary parsed (None if cut off by max_tokens).
+    # JSON routes: the summary parsed; None when it is not the route's JSON, and then
+    # `output_error` says why (cut off by max_tokens, not JSON, not the schema's).
     output: Any = None
+    output_error: str | None = None
     finish_reason: FinishReason
     documents: list[SummarizedDocument]
     input_tokens: int

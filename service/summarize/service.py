@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.backend import Backend
 from engine.tokens import TokenCounter
 from engine.types import ChatMessage, Completion, FinishReason, GenerationRequest, Usage
 from ragtune.errors import InvalidInput, UpstreamUnavailable
-from service.chat.service import ChatService
+from ragtune.settings import ApiSettings
+from service.hotswap.manager import AdapterManager
 from service.metrics import Metrics
 from service.rag.retrieval import Document, Filters, RetrievalService
-from service.routes.schemas import RouteSpec, SummarizeSpec
+from service.routes.output import parse_output
+from service.routes.policy import adapter_for, find_route, sampling
+from service.routes.schemas import BASE_MODEL, RouteSpec, SummarizeSpec
 
 # Combining rounds before giving up (each round shrinks the text several-fold).
 _MAX_ROUNDS = 6
@@ -37,7 +40,9 @@ class SummaryResult:
     route: str
     adapter: str | None
     text: str
+    # JSON routes: the summary parsed, or None with `output_error` saying why it is not valid.
     output: Any
+    output_error: str | None
     finish_reason: FinishReason
     documents: list[Document]
     input_tokens: int
@@ -47,35 +52,43 @@ class SummaryResult:
 
 
 class SummarizeService:
+    """Summaries on the routes of kind summarize, with the same route rules as chat."""
+
     def __init__(
         self,
-        chat: ChatService,
+        routes: Mapping[str, RouteSpec],
         retrieval: RetrievalService,
+        backend: Backend,
+        adapters: AdapterManager,
         counter: TokenCounter,
         metrics: Metrics,
+        limits: ApiSettings,
     ) -> None:
-        self._chat = chat
+        self._routes = routes
         self._retrieval = retrieval
+        self._backend = backend
+        self._adapters = adapters
         self._counter = counter
         self._metrics = metrics
+        self._limits = limits
 
     async def summarize(self, call: SummarizeCall) -> SummaryResult:
-        spec = self._chat.route(call.route, kind="summarize")
+        spec = find_route(self._routes, call.route, "summarize")
         try:
-            async with asyncio.timeout(self._chat.limits.request_timeout_s):
+            async with asyncio.timeout(self._limits.request_timeout_s):
                 return await self._summarize(call, spec)
         except TimeoutError as exc:
             raise UpstreamUnavailable(
-                f"the summary took longer than {self._chat.limits.request_timeout_s:g} s "
+                f"the summary took longer than {self._limits.request_timeout_s:g} s "
                 f"(api.request_timeout_s); summarize less text, or retry later"
             ) from exc
 
     async def _summarize(self, call: SummarizeCall, spec: RouteSpec) -> SummaryResult:
-        assert spec.summarize is not None
-        settings: SummarizeSpec = spec.summarize
-        alias = self._chat.adapter_for(call.route, spec, call.adapter)
-        await self._chat.adapters.check(alias)
-        sampling = self._chat.sampling(call.route, spec, call.sampling)
+        # Always set on summarize routes (RouteSpec fills it in); the default keeps typing honest.
+        settings = spec.summarize or SummarizeSpec()
+        alias = adapter_for(call.route, spec, call.adapter)
+        await self._adapters.check(alias)
+        params = sampling(call.route, spec, call.sampling, self._limits.max_tokens)
         documents: list[Document] = []
         if call.text is not None:
             text = call.text
@@ -101,7 +114,7 @@ class SummarizeService:
                 f"max_input_tokens of {settings.max_input_tokens}; summarize less at once"
             )
         usage = Usage(prompt_tokens=0, completion_tokens=0)
-        async with self._chat.adapters.lease(alias) as ref:
+        async with self._adapters.lease(alias) as ref:
 
             async def generate(template: str, body: str, final: bool) -> Completion:
                 values = {"text": body, "route": call.route}
@@ -109,10 +122,10 @@ class SummarizeService:
                 if spec.prompt.system.strip():
                     system = spec.prompt.system.format_map(values)
                     messages.insert(0, ChatMessage(role="system", content=system))
-                piece_sampling = sampling
+                piece_sampling = params
                 if not final:
-                    budget = min(sampling.max_tokens, settings.piece_summary_tokens)
-                    piece_sampling = sampling.model_copy(update={"max_tokens": budget})
+                    budget = min(params.max_tokens, settings.piece_summary_tokens)
+                    piece_sampling = params.model_copy(update={"max_tokens": budget})
                 request = GenerationRequest(
                     messages=messages,
                     adapter=ref,
@@ -120,7 +133,7 @@ class SummarizeService:
                     json_schema=spec.output.json_schema if final else None,
                 )
                 with self._metrics.timed(call.route, "generate"):
-                    completion = await self._chat.backend.generate(request)
+                    completion = await self._backend.generate(request)
                 usage.prompt_tokens += completion.usage.prompt_tokens
                 usage.completion_tokens += completion.usage.completion_tokens
                 return completion
@@ -149,18 +162,18 @@ class SummarizeService:
                 template = spec.prompt.reduce or spec.prompt.user
                 rounds += 1
             final = await generate(template, pieces[0], final=True)
-        output = None
-        if spec.output.type == "json":
-            with contextlib.suppress(ValueError):
-                output = json.loads(final.text)
+        output = parse_output(spec.output, final.text, final.finish_reason)
+        if output.reason is not None:
+            self._metrics.invalid_json.labels(call.route, output.reason).inc()
         self._metrics.tokens.labels(call.route, "in").inc(usage.prompt_tokens)
         self._metrics.tokens.labels(call.route, "out").inc(usage.completion_tokens)
-        self._metrics.adapter_use.labels(call.route, ref or "base").inc()
+        self._metrics.adapter_use.labels(call.route, ref or BASE_MODEL).inc()
         return SummaryResult(
             route=call.route,
             adapter=ref,
             text=final.text.strip(),
-            output=output,
+            output=output.value,
+            output_error=output.error,
             finish_reason=final.finish_reason,
             documents=documents,
             input_tokens=input_tokens,

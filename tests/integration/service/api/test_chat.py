@@ -3,15 +3,41 @@
 from __future__ import annotations
 
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from engine.types import ChatMessage
+from service.chat.service import ChatCall
+
 
 def ask(question: str, **extra: Any) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": question}], "max_tokens": 6, **extra}
+
+
+MARKER = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+
+
+def raw_answer(client: TestClient, question: str) -> tuple[str, int]:
+    """The model's answer to `question` on the chat route before the citation check, and how
+    many sources it was given (the app's own pieces, on its event loop)."""
+    state = client.app_state["services"]
+
+    async def generate() -> tuple[str, int]:
+        call = ChatCall(
+            route="chat",
+            messages=[ChatMessage(role="user", content=question)],
+            sampling={"max_tokens": 6},
+        )
+        prepared = await state.chat.prepare(call)
+        completion = await state.backend.generate(prepared.request)
+        return completion.text, len(prepared.sources)
+
+    result: tuple[str, int] = client.portal.call(generate)
+    return result
 
 
 def sse(text: str) -> list[Any]:
@@ -46,7 +72,16 @@ def test_answer_has_numbered_sources_from_the_corpus(client: TestClient) -> None
     assert body["usage"]["completion_tokens"] == 6
     assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + 6
     assert body["finish_reason"] == "length"
-    assert body["citations"]["removed"] >= 0
+    # The citation check against the model's own answer, before the check: markers that point
+    # at no source are counted and taken out, the rest is the model's text.
+    raw, given = raw_answer(client, "How do orchard keepers prune apple trees?")
+    assert given == len(sources)
+    numbers = [int(n) for group in MARKER.findall(raw) for n in group.split(",")]
+    invalid = [n for n in numbers if not 1 <= n <= given]
+    assert body["citations"]["removed"] == len(invalid)
+    assert body["citations"]["cited"] == sorted({n for n in numbers if 1 <= n <= given})
+    if not invalid:
+        assert body["answer"] == raw
 
 
 def test_stream_sends_sources_then_the_same_answer_then_done(client: TestClient) -> None:

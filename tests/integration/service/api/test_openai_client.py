@@ -20,7 +20,8 @@ from openai import OpenAI
 
 from engine.vllm_cpu import free_port
 from tests.conftest import TinyModel
-from tests.fixtures.api import api_settings, ingest_corpus
+from tests.fixtures.api import api_settings, ingest_corpus, running_app
+from tests.fixtures.scripted_backend import ScriptedBackend
 
 READY_TIMEOUT_S = 180.0
 QUESTION = "How long should bread dough be kneaded?"
@@ -185,6 +186,29 @@ def test_filters_in_extra_body_limit_the_sources(openai_client: OpenAI) -> None:
     sources = response.model_extra["ragtune"]["sources"]
     assert sources
     assert all(s["source"].endswith(".md") for s in sources), sources
+
+
+def test_the_client_reads_a_stream_with_keep_alive_pings(
+    tiny_model: TinyModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`: ping` comments (sent while a long answer is generated) are skipped by the openai
+    client: the app in process, pings every 50 ms, an engine that is silent for a second."""
+    monkeypatch.setattr("service.sse.PING_INTERVAL_S", 0.05)
+    slow = ScriptedBackend("a slow answer", delay_s=1.0)
+    with running_app(api_settings(tmp_path, tiny_model.path), lambda _: [slow]) as http:
+        raw = http.post(
+            "/v1/chat/completions",
+            json={"model": "chat-plain", "messages": [{"role": "user", "content": "hi"}]}
+            | {"stream": True},
+        ).text
+        assert ": ping\n\n" in raw  # else the test would prove nothing
+        with OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http) as client:
+            stream = client.chat.completions.create(
+                model="chat-plain", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+            chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "a slow answer"
+    assert chunks[-1].choices[0].finish_reason == "stop"
 
 
 # Last in the module: it stops the shared server. SIGINT (Ctrl-C, as uvicorn's log suggests);

@@ -119,6 +119,9 @@ def test_content_parts_developer_role_and_extensions(client: TestClient) -> None
         ({"temperature": 3}, 422, "temperature", "less than or equal to 2"),
         ({"messages": "hi"}, 422, "messages", "valid list"),
         ({"max_tokens": 2, "max_completion_tokens": 3}, 422, None, "send one of them"),
+        # The engines' bound on stop sequences, on OpenAI's body too (was a 500).
+        ({"stop": [f"s{i}" for i in range(9)]}, 422, None, "stop: List should have at most 8"),
+        ({"top_p": 0}, 422, "top_p", "greater than 0"),
     ],
 )
 def test_openai_errors_are_in_openai_shape(

@@ -224,3 +224,110 @@ def test_missing_collection_is_a_404_that_says_to_ingest(
         response = client.post("/v1/chat", json=ask())
     assert response.status_code == 404
     assert "ragtune ingest" in response.json()["error"]["message"]
+
+
+JSON_ROUTES = """
+routes:
+  verdict:
+    kind: chat
+    prompt: {user: "{question}"}
+    output:
+      type: json
+      schema:
+        type: object
+        properties: {answer: {type: string, enum: ["yes", "no"]}}
+        required: [answer]
+"""
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason", "problem"),
+    [
+        ('{"answer": "yes"', "not_json", "the answer is not valid JSON"),
+        ('{"answer": "maybe"}', "schema", "does not match the route's schema: answer: 'maybe'"),
+    ],
+)
+def test_an_invalid_json_answer_is_reported_and_counted(
+    tmp_path: Path, tiny_model: TinyModel, reply: str, reason: str, problem: str
+) -> None:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(JSON_ROUTES)
+    settings = api_settings(tmp_path, tiny_model.path, api={"routes_file": routes})
+    asked = {"messages": [{"role": "user", "content": "well?"}]}
+    with running_app(settings, lambda _: [ScriptedBackend(reply)]) as client:
+        body = client.post("/v1/chat", json={"route": "verdict", **asked}).json()
+        assert body["answer"] == reply
+        assert body["output"] is None
+        assert problem in body["output_error"]
+        stream = client.post("/v1/chat", json={"route": "verdict", "stream": True, **asked})
+        done = json.loads(stream.text.strip().split("\n\n")[-2].removeprefix("data: "))
+        assert done["type"] == "done"
+        assert problem in done["output_error"]
+        openai = client.post("/v1/chat/completions", json={"model": "verdict", **asked}).json()
+        assert openai["ragtune"]["output"] is None
+        assert problem in openai["ragtune"]["output_error"]
+        metrics = client.get("/metrics").text
+    counted = f'ragtune_invalid_json_outputs_total{{reason="{reason}",route="verdict"}} 3.0'
+    assert counted in metrics
+
+
+def test_a_valid_json_answer_is_the_output(tmp_path: Path, tiny_model: TinyModel) -> None:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(JSON_ROUTES)
+    settings = api_settings(tmp_path, tiny_model.path, api={"routes_file": routes})
+    asked = {"route": "verdict", "messages": [{"role": "user", "content": "well?"}]}
+    with running_app(settings, lambda _: [ScriptedBackend('{"answer": "no"}')]) as client:
+        body = client.post("/v1/chat", json=asked).json()
+        metrics = client.get("/metrics").text
+    assert body["output"] == {"answer": "no"}
+    assert body["output_error"] is None
+    assert "ragtune_invalid_json_outputs_total{" not in metrics
+
+
+def test_a_slow_answer_gets_keep_alive_comments(
+    plain_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the engine is silent the stream sends `: ping` comments; the events around them
+    keep their framing."""
+    monkeypatch.setattr("service.sse.PING_INTERVAL_S", 0.05)
+    slow = ScriptedBackend("slow answer", delay_s=1.0)
+    with running_app(plain_settings, lambda _: [slow]) as client:
+        text = client.post("/v1/chat", json=plain(stream=True)).text
+    blocks = text.strip().split("\n\n")
+    assert ": ping" in blocks
+    events = [json.loads(b.removeprefix("data: ")) for b in blocks[:-1] if b != ": ping"]
+    assert events[0]["type"] == "sources"
+    assert events[-1]["type"] == "done"
+    assert "".join(e.get("text", "") for e in events) == "slow answer"
+    assert blocks[-1] == "data: [DONE]"
+
+
+def test_readiness_checks_the_backend_it_is_given(plain_settings: Settings) -> None:
+    """Health gets what it checks through service/deps.py, so a test can swap it."""
+    from service.deps import get_backend
+
+    down = ScriptedBackend()
+    down.healthy = False
+    with running_app(plain_settings, lambda _: [ScriptedBackend()]) as client:
+        assert client.get("/readyz").status_code == 200
+        client.app.dependency_overrides[get_backend] = lambda: down  # type: ignore[attr-defined]
+        ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert "the scripted backend is down" in ready.json()["checks"]["backend"]
+
+
+def test_an_invalid_json_summary_is_reported_and_counted(
+    tmp_path: Path, tiny_model: TinyModel
+) -> None:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(
+        "routes:\n  brief:\n    kind: summarize\n    prompt: {user: '{text}'}\n"
+        "    output: {type: json, schema: {type: object}}\n"
+    )
+    settings = api_settings(tmp_path, tiny_model.path, api={"routes_file": routes})
+    with running_app(settings, lambda _: [ScriptedBackend("[1, 2")]) as client:
+        body = client.post("/v1/summarize", json={"route": "brief", "text": "Some text."}).json()
+        metrics = client.get("/metrics").text
+    assert body["output"] is None
+    assert "the answer is not valid JSON" in body["output_error"]
+    assert 'ragtune_invalid_json_outputs_total{reason="not_json",route="brief"} 1.0' in metrics

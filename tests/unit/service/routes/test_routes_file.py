@@ -89,3 +89,45 @@ def test_serve_stops_on_a_bad_routes_file(
     err = capsys.readouterr().err
     assert "route 'ask', field 'retrieval.top_k'" in err
     assert "Traceback" not in err
+
+
+def test_a_route_past_a_setting_is_refused_when_the_app_is_built(tmp_path: Path) -> None:
+    from ragtune.settings import Settings
+    from service.app import create_app
+
+    routes = write(tmp_path, GOOD + "    generation: {max_tokens: 2000}\n")
+    settings = Settings(data_dir=tmp_path, api={"routes_file": routes, "max_tokens": 1024})
+    with pytest.raises(InvalidInput) as info:
+        create_app(settings)
+    message = str(info.value)
+    assert "route 'ask', field 'generation.max_tokens': 2000 is above api.max_tokens (1024)" in (
+        message
+    )
+    assert "RAGTUNE_API__MAX_TOKENS" in message
+    assert "\n" not in message
+    # Within the setting, the same file is served.
+    create_app(
+        settings.model_copy(update={"api": settings.api.model_copy(update={"max_tokens": 2000})})
+    )
+
+
+def test_the_shipped_routes_fit_the_default_settings() -> None:
+    from ragtune.settings import Settings
+    from service.routes.loader import check_against_settings
+
+    check_against_settings(load_routes(DEFAULT_ROUTES), Settings(), DEFAULT_ROUTES)
+
+
+def test_serve_stops_on_a_route_past_a_setting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cli.main import main
+
+    monkeypatch.setenv("RAGTUNE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RAGTUNE_API__MAX_TOKENS", "512")
+    routes = write(tmp_path, GOOD + "    generation: {max_tokens: 600}\n")
+    assert main(["serve", "--routes", str(routes)]) == 2
+    err = capsys.readouterr().err
+    assert "route 'ask', field 'generation.max_tokens': 600 is above api.max_tokens (512)" in err
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
