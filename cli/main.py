@@ -1,63 +1,116 @@
-"""The `ragtune` command: one entry point, each package adds its own subcommands."""
+"""The `ragtune` command: one typer app composed of each package's own commands."""
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, cast
 
+import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
+from rich.text import Text
+from typer import rich_utils
+from typer.core import TyperGroup
 
+from adapters import cli as adapters_cli
+from engine import cli as engine_cli
+from engine import generate_cli
+from ingest import cli as ingest_cli
+from ragtune.console import stderr_console
 from ragtune.errors import InvalidInput, NotFound, RagtuneError
 from ragtune.settings import Settings
+from service import cli as service_cli
+
+# Usage errors are click's ClickException family: click's own in older typer, typer's vendored
+# copy of click in newer (0.27 here). typer.BadParameter, public in both, descends from it.
+_USAGE_ERROR: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"
+)
+_HELP = (
+    "RAG and LoRA adapters, served per route. Settings come from RAGTUNE_* environment "
+    "variables (see README); `ragtune COMMAND --help` says what each command takes."
+)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from adapters.cli import add_commands as add_adapter_commands
-    from engine.cli import add_commands as add_model_commands
-    from engine.generate_cli import add_commands as add_generate_commands
-    from ingest.cli import add_commands as add_ingest_commands
-    from service.cli import add_commands as add_serve_commands
+class _Ragtune(TyperGroup):
+    """Turns what a command raises into one line on stderr and an exit code, never a
+    traceback: 2 for bad input (arguments, settings, names), 1 for other failures, 130 on
+    Ctrl-C."""
 
-    parser = argparse.ArgumentParser(
-        prog="ragtune",
-        description="RAG and LoRA adapters, served per route. Settings come from RAGTUNE_* "
-        "environment variables (see README).",
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ValidationError as exc:
+            if exc.title != Settings.__name__:
+                raise
+            problems = "; ".join(
+                f"RAGTUNE_{'__'.join(str(p).upper() for p in err['loc'])}: {err['msg']}"
+                for err in exc.errors()
+            )
+            _error(f"invalid settings: {problems}")
+            raise typer.Exit(2) from None
+        except SettingsError as exc:  # a value that is not JSON where a list or dict goes
+            cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+            _error(
+                f"invalid settings: {exc}{cause}; list and mapping values of RAGTUNE_* "
+                f"variables are JSON"
+            )
+            raise typer.Exit(2) from None
+        except (InvalidInput, NotFound) as exc:
+            _error(str(exc))
+            raise typer.Exit(2) from None
+        except RagtuneError as exc:
+            _error(str(exc))
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            stderr_console().print("ragtune: interrupted; run the same command again to finish")
+            raise typer.Exit(130) from None
+
+
+def _error(message: str) -> None:
+    stderr_console().print(Text.assemble(("ragtune: error: ", "bold red"), message))
+
+
+def _route_adapters(settings: Settings) -> Mapping[str, Collection[str]]:
+    """The adapters each route of the server's routes file may use (for `adapters unalias`)."""
+    from service.routes.loader import load_routes, route_adapters, routes_path
+
+    return route_adapters(load_routes(routes_path(settings)))
+
+
+def build_app() -> typer.Typer:
+    """The whole command tree; building it reads no settings, so `--help` always works."""
+    app = typer.Typer(
+        name="ragtune",
+        help=_HELP,
+        cls=_Ragtune,
+        no_args_is_help=True,
+        context_settings={"help_option_names": ["-h", "--help"]},
+        pretty_exceptions_enable=False,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_ingest_commands(sub)
-    add_adapter_commands(sub)
-    add_model_commands(sub)
-    add_generate_commands(sub)
-    add_serve_commands(sub)
-    return parser
+    app.add_typer(ingest_cli.commands())
+    app.add_typer(adapters_cli.commands(_route_adapters))
+    app.add_typer(engine_cli.commands())
+    app.add_typer(generate_cli.commands())
+    app.add_typer(service_cli.commands())
+    return app
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; errors print one line that says what to do, never a traceback."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one command and return its exit code; errors print one line that says what to do."""
+    command = typer.main.get_command(build_app())
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        settings = Settings()
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"RAGTUNE_{'__'.join(str(p).upper() for p in err['loc'])}: {err['msg']}"
-            for err in exc.errors()
-        )
-        print(f"ragtune: error: invalid settings: {problems}", file=sys.stderr)
-        return 2
-    try:
-        code: int = args.handler(args, settings)
-    except (InvalidInput, NotFound) as exc:
-        print(f"ragtune: error: {exc}", file=sys.stderr)
-        return 2
-    except RagtuneError as exc:
-        print(f"ragtune: error: {exc}", file=sys.stderr)
+        result = command.main(args=args, prog_name="ragtune", standalone_mode=False)
+    except _USAGE_ERROR as exc:
+        rich_utils.rich_format_error(cast(Any, exc))
+        code: int = getattr(exc, "exit_code", 2)
+        return code
+    except typer.Abort:  # end of input at a prompt
+        stderr_console().print("ragtune: aborted")
         return 1
-    except KeyboardInterrupt:
-        print("ragtune: interrupted; run the same command again to finish", file=sys.stderr)
-        return 130
-    return code
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Annotated
 
+import typer
 from pydantic import ValidationError
 
 from engine.factory import build_backend
@@ -17,49 +18,55 @@ from ragtune.errors import InvalidInput
 from ragtune.settings import Settings
 
 
-def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    g = sub.add_parser(
-        "generate",
-        help="generate an answer with the base model or a LoRA adapter (embedded engine, or "
-        "vLLM when RAGTUNE_LLM__VLLM_URL is set)",
-    )
-    g.add_argument("prompt", help="the user message")
-    g.add_argument("--system", help="a system message")
-    g.add_argument("--adapter", type=Path, metavar="DIR", help="a PEFT LoRA adapter folder")
-    g.add_argument("--max-tokens", type=int, default=128)
-    g.add_argument("--temperature", type=float, default=0.0)
-    g.add_argument("--seed", type=int)
-    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    g.add_argument(
-        "--json-schema",
-        type=Path,
-        metavar="FILE",
-        help="a JSON schema file the answer must satisfy",
-    )
-    g.add_argument("--stream", action="store_true", help="print the answer as it is generated")
-    g.set_defaults(handler=run_generate)
+def commands() -> typer.Typer:
+    """`generate`."""
+    app = typer.Typer()
+    app.command("generate", no_args_is_help=True, rich_help_panel="Model")(generate)
+    return app
 
 
-def run_generate(args: argparse.Namespace, settings: Settings) -> int:
-    messages = [ChatMessage(role="user", content=args.prompt)]
-    if args.system:
-        messages.insert(0, ChatMessage(role="system", content=args.system))
+def generate(
+    prompt: Annotated[str, typer.Argument(metavar="PROMPT", help="the user message")],
+    system: Annotated[str | None, typer.Option(help="a system message")] = None,
+    adapter: Annotated[
+        Path | None, typer.Option(metavar="DIR", help="a PEFT LoRA adapter folder")
+    ] = None,
+    max_tokens: Annotated[int, typer.Option(help="most tokens to generate")] = 128,
+    temperature: Annotated[float, typer.Option(help="0 is greedy")] = 0.0,
+    seed: Annotated[int | None, typer.Option(help="sampling seed")] = None,
+    stop: Annotated[list[str] | None, typer.Option(help="stop string (repeatable)")] = None,
+    json_schema: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="a JSON schema file the answer must satisfy"),
+    ] = None,
+    stream: Annotated[
+        bool, typer.Option("--stream", help="print the answer as it is generated")
+    ] = False,
+) -> int:
+    """Answer a prompt with the base model or a LoRA adapter.
+
+    On the embedded engine, or on vLLM when RAGTUNE_LLM__VLLM_URL is set.
+    """
+    settings = Settings()
+    messages = [ChatMessage(role="user", content=prompt)]
+    if system:
+        messages.insert(0, ChatMessage(role="system", content=system))
     schema = None
-    if args.json_schema:
+    if json_schema:
         try:
-            schema = json.loads(args.json_schema.read_text(encoding="utf-8"))
+            schema = json.loads(json_schema.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
-            raise InvalidInput(f"--json-schema {args.json_schema}: {exc}") from exc
-    adapter = f"cli-{args.adapter.resolve().name}" if args.adapter else None
+            raise InvalidInput(f"--json-schema {json_schema}: {exc}") from exc
+    name = f"cli-{adapter.resolve().name}" if adapter else None
     try:
         request = GenerationRequest(
             messages=messages,
-            adapter=adapter,
+            adapter=name,
             sampling=SamplingParams(
-                max_tokens=args.max_tokens,
-                temperature=args.temperature,
-                seed=args.seed,
-                stop=args.stop,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                seed=seed,
+                stop=stop or [],
             ),
             json_schema=schema,
         )
@@ -68,7 +75,7 @@ def run_generate(args: argparse.Namespace, settings: Settings) -> int:
             f"--{str(err['loc'][-1]).replace('_', '-')}: {err['msg']}" for err in exc.errors()
         )
         raise InvalidInput(problems) from exc
-    return asyncio.run(_generate(settings, request, args.adapter, args.stream))
+    return asyncio.run(_generate(settings, request, adapter, stream))
 
 
 async def _generate(

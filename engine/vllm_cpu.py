@@ -9,13 +9,15 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 from ragtune.errors import MissingDependency, NotFound
 
@@ -175,6 +177,59 @@ def serve_vllm(
         yield server
     finally:
         _stop(process)
+
+
+def run_vllm(
+    command: Sequence[str],
+    url: str,
+    on_ready: Callable[[], None],
+    *,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """Run vLLM in the foreground, its output on this terminal, until it exits; call on_ready
+    once `url`/health answers. Ctrl-C or SIGTERM stop its whole process group (the API server
+    and its engine process) and are then raised here as KeyboardInterrupt."""
+    restore = _sigterm_interrupts()
+    try:
+        # Its own session: the terminal's Ctrl-C reaches only this process, which stops the
+        # group.
+        process = subprocess.Popen(
+            list(command),
+            env=dict(env) if env is not None else vllm_environment(),
+            start_new_session=True,
+        )
+        try:
+            while process.poll() is None:
+                if _healthy(url) and process.poll() is None:
+                    on_ready()
+                    break
+                time.sleep(0.5)
+            return process.wait()
+        finally:
+            try:
+                _stop(process)
+            except KeyboardInterrupt:  # a second Ctrl-C: no grace period
+                _signal_group(process.pid, signal.SIGKILL)
+                raise
+    finally:
+        restore()
+
+
+def _sigterm_interrupts() -> Callable[[], None]:
+    """Make SIGTERM raise KeyboardInterrupt, like Ctrl-C; returns what puts the old handler
+    back. Signal handlers can only be set from the main thread: elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore
 
 
 def _wait_ready(process: subprocess.Popen[bytes], server: VLLMServer, timeout_s: float) -> None:

@@ -2,102 +2,95 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Annotated, Literal, TextIO
 
-from tqdm import tqdm
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
 
-from ingest.components import open_components
-from ingest.evaluation import evaluate, load_beir
-from ingest.pipeline import Ingester, IngestOptions, IngestReport
-from ingest.search import MODES, Retriever, parse_filters
-from ingest.store import qdrant_errors
+from ragtune.console import plain_table, print_table, stderr_console
 from ragtune.settings import Settings
 
+if TYPE_CHECKING:
+    from ingest.pipeline import IngestReport
+    from ingest.search import Hit
+
+# Qdrant's client takes a second to import: the commands import what uses it when they run, so
+# every other `ragtune` command (and --help) starts without it.
+# ingest.search.Mode, spelled out for that reason; tests/unit/cli checks that they agree.
+Mode = Literal["dense", "sparse", "hybrid"]
+
+_PANEL = "Documents"
 _SHOWN = 20
+_SNIPPET = 240
+
+CollectionOption = Annotated[
+    str | None, typer.Option(help="the collection (default: RAGTUNE_INGEST__DEFAULT_COLLECTION)")
+]
+SearchMode = Annotated[Mode, typer.Option(help="dense, sparse (BM25) or hybrid (both, fused)")]
+Json = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
-def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("ingest", help="load, chunk, embed and upsert documents into Qdrant")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="files or directories")
-    p.add_argument("--collection", help="target collection (default: settings)")
-    p.add_argument(
-        "--include",
-        action="append",
-        default=[],
-        metavar="GLOB",
-        help="only files matching GLOB (repeatable)",
-    )
-    p.add_argument(
-        "--exclude",
-        action="append",
-        default=[],
-        metavar="GLOB",
-        help="skip files matching GLOB (repeatable)",
-    )
-    p.add_argument(
-        "--prune", action="store_true", help="remove documents under PATH that no longer exist"
-    )
-    p.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print what would be added, replaced and removed; write nothing",
-    )
-    p.add_argument(
-        "--reindex",
-        action="store_true",
-        help="rebuild the collection (needed after changing embedder or chunking)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(handler=run_ingest)
-
-    s = sub.add_parser("search", help="print the chunks that best match a query")
-    s.add_argument("query")
-    s.add_argument("--collection")
-    s.add_argument("--mode", choices=MODES, default="hybrid")
-    s.add_argument("--top-k", type=int, default=5)
-    s.add_argument(
-        "--filter",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="exact payload match, e.g. file_type=md or meta.year=2020 (repeatable)",
-    )
-    s.add_argument("--json", action="store_true", help="print the hits as JSON")
-    s.set_defaults(handler=run_search)
-
-    e = sub.add_parser("eval", help="measure quality")
-    esub = e.add_subparsers(dest="eval_command", required=True, metavar="{retrieval}")
-    r = esub.add_parser("retrieval", help="BEIR retrieval metrics on an ingested collection")
-    r.add_argument(
-        "--beir", required=True, metavar="DIR", help="BEIR folder with queries.jsonl and qrels/"
-    )
-    r.add_argument("--collection")
-    r.add_argument("--mode", choices=MODES, default="hybrid")
-    r.add_argument("--split", default="test")
-    r.add_argument(
-        "--filter",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="only chunks matching (chunk_index=0: one chunk per document, the protocol "
-        "of published figures)",
-    )
-    r.add_argument("--json", action="store_true", help="print one JSON object")
-    r.set_defaults(handler=run_eval_retrieval)
+def commands() -> typer.Typer:
+    """`ingest`, `search` and the `eval` group."""
+    app = typer.Typer()
+    app.command("ingest", no_args_is_help=True, rich_help_panel=_PANEL)(ingest)
+    app.command("search", no_args_is_help=True, rich_help_panel=_PANEL)(search)
+    evals = typer.Typer(help="Measure quality.", no_args_is_help=True)
+    evals.command("retrieval", no_args_is_help=True)(eval_retrieval)
+    app.add_typer(evals, name="eval", rich_help_panel=_PANEL)
+    return app
 
 
-def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
+def ingest(
+    paths: Annotated[list[str], typer.Argument(metavar="PATH", help="files or directories")],
+    collection: CollectionOption = None,
+    include: Annotated[
+        list[str] | None,
+        typer.Option(metavar="GLOB", help="only files matching GLOB (repeatable)"),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(metavar="GLOB", help="skip files matching GLOB (repeatable)"),
+    ] = None,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="remove documents under PATH that no longer exist")
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="print what would be added, replaced and removed; write nothing"
+        ),
+    ] = False,
+    reindex: Annotated[
+        bool,
+        typer.Option(
+            "--reindex",
+            help="rebuild the collection (needed after changing embedder or chunking)",
+        ),
+    ] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bar")] = False,
+) -> int:
+    """Load, chunk, embed and upsert documents into Qdrant.
+
+    A re-run writes only what changed; --prune also removes documents whose files are gone.
+    """
+    from ingest.components import open_components
+    from ingest.pipeline import Ingester, IngestOptions
+    from ingest.store import qdrant_errors
+
+    settings = Settings()
     opts = IngestOptions(
-        collection=args.collection or settings.ingest.default_collection,
-        include=args.include,
-        exclude=args.exclude,
-        prune=args.prune,
-        dry_run=args.dry_run,
-        reindex=args.reindex,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        collection=collection or settings.ingest.default_collection,
+        include=include or [],
+        exclude=exclude or [],
+        prune=prune,
+        dry_run=dry_run,
+        reindex=reindex,
+        progress=not no_progress and sys.stderr.isatty(),
     )
     with qdrant_errors(settings), open_components(settings) as parts:
         ingester = Ingester(
@@ -107,7 +100,7 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
             parts.chunker(settings),
             settings.ingest.write_batch,
         )
-        report = ingester.run(args.paths, opts)
+        report = ingester.run(paths, opts)
     print_report(report, sys.stdout)
     return 1 if report.has_errors else 0
 
@@ -137,6 +130,12 @@ def print_report(report: IngestReport, out: TextIO) -> None:
             + ("" if report.dry_run else f" in {report.seconds:.1f}s ({rate:.1f} chunks/s)"),
             file=out,
         )
+        if report.migrated:
+            print(
+                f"  {len(report.migrated)} unchanged documents {verb} moved from absolute-path "
+                f"ids to ids relative to the ingest root (nothing embedded again)",
+                file=out,
+            )
         if report.dry_run:
             for label, ids in (
                 ("add", report.added),
@@ -179,13 +178,33 @@ def _listing(out: TextIO, title: str, lines: list[str]) -> None:
         print(f"  ... and {len(lines) - _SHOWN} more", file=out)
 
 
-def run_search(args: argparse.Namespace, settings: Settings) -> int:
-    filters = parse_filters(args.filter)
-    collection = args.collection or settings.ingest.default_collection
+def search(
+    query: Annotated[str, typer.Argument(metavar="QUERY", help="what to look for")],
+    collection: CollectionOption = None,
+    mode: SearchMode = "hybrid",
+    top_k: Annotated[int, typer.Option(help="how many chunks")] = 5,
+    filter_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter",
+            metavar="KEY=VALUE",
+            help="exact payload match, e.g. file_type=md or meta.year=2020 (repeatable)",
+        ),
+    ] = None,
+    as_json: Json = False,
+) -> int:
+    """Print the chunks that best match a query."""
+    from ingest.components import open_components
+    from ingest.search import Retriever, parse_filters
+    from ingest.store import qdrant_errors
+
+    settings = Settings()
+    filters = parse_filters(filter_ or [])
+    collection = collection or settings.ingest.default_collection
     with qdrant_errors(settings), open_components(settings) as parts:
         retriever = Retriever(parts.client, parts.embedder, parts.sparse, collection)
-        hits = retriever.search(args.query, mode=args.mode, top_k=args.top_k, filters=filters)
-    if args.json:
+        hits = retriever.search(query, mode=mode, top_k=top_k, filters=filters)
+    if as_json:
         print(
             json.dumps(
                 [{"id": h.id, "score": h.score, **h.payload} for h in hits],
@@ -196,44 +215,90 @@ def run_search(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if not hits:
         print("no results")
-    for rank, hit in enumerate(hits, start=1):
-        p = hit.payload
-        where = " > ".join(p.get("headers") or []) or p.get("title", "")
-        print(
-            f"{rank:>2}. {hit.score:.4f}  {p.get('source')}  [chunk {p.get('chunk_index')}]"
-            + (f"  {where}" if where else "")
-        )
-        snippet = " ".join(hit.text.split())
-        print(f"    {snippet[:240]}{'...' if len(snippet) > 240 else ''}")
+        return 0
+    print_table(hits_table(hits))
     return 0
 
 
-def run_eval_retrieval(args: argparse.Namespace, settings: Settings) -> int:
-    split = load_beir(args.beir, args.split)
-    filters = parse_filters(args.filter)
-    collection = args.collection or settings.ingest.default_collection
+def hits_table(hits: list[Hit]) -> Table:
+    """Rank, score, source, chunk and the start of each hit's text (its section first)."""
+    # Dimmed every other hit: wrapped texts on a terminal stay told apart.
+    table = plain_table()
+    table.row_styles = ["", "dim"]
+    table.add_column("#", justify="right")
+    table.add_column("SCORE", justify="right")
+    table.add_column("SOURCE", style="cyan", overflow="fold")
+    table.add_column("CHUNK", justify="right")
+    table.add_column("TEXT")
+    for rank, hit in enumerate(hits, start=1):
+        p = hit.payload
+        where = " > ".join(p.get("headers") or []) or p.get("title", "")
+        snippet = " ".join(hit.text.split())
+        if len(snippet) > _SNIPPET:
+            snippet = snippet[:_SNIPPET] + "..."
+        text = Text.assemble((f"{where}: ", "bold") if where else "", snippet)
+        table.add_row(
+            str(rank), f"{hit.score:.4f}", str(p.get("source")), str(p.get("chunk_index")), text
+        )
+    return table
+
+
+def eval_retrieval(
+    beir: Annotated[
+        str, typer.Option(metavar="DIR", help="BEIR folder with queries.jsonl and qrels/")
+    ],
+    collection: CollectionOption = None,
+    mode: SearchMode = "hybrid",
+    split: Annotated[str, typer.Option(help="the qrels split: qrels/SPLIT.tsv")] = "test",
+    filter_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter",
+            metavar="KEY=VALUE",
+            help="only chunks matching (chunk_index=0: one chunk per document, the protocol "
+            "of published figures)",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> int:
+    """BEIR retrieval metrics (nDCG@10, recall, MRR) on an ingested collection."""
+    from ingest.components import open_components
+    from ingest.evaluation import evaluate, load_beir
+    from ingest.search import Retriever, parse_filters
+    from ingest.store import qdrant_errors
+
+    settings = Settings()
+    queries = load_beir(beir, split)
+    filters = parse_filters(filter_ or [])
+    collection = collection or settings.ingest.default_collection
     with qdrant_errors(settings), open_components(settings) as parts:
         retriever = Retriever(parts.client, parts.embedder, parts.sparse, collection)
-        bar: tqdm[Any] = tqdm(
-            total=len(split.queries), unit="query", disable=args.json or not sys.stderr.isatty()
-        )
+        with Progress(
+            "{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=stderr_console(),
+            disable=as_json or not sys.stderr.isatty(),
+        ) as progress:
+            task = progress.add_task("queries", total=len(queries.queries))
 
-        def rank(text: str) -> list[str]:
-            bar.update(1)
-            hits = retriever.search(
-                text, mode=args.mode, top_k=100, filters=filters, per_document=True
-            )
-            return [h.doc_id for h in hits]
+            def rank(text: str) -> list[str]:
+                progress.advance(task)
+                hits = retriever.search(
+                    text, mode=mode, top_k=100, filters=filters, per_document=True
+                )
+                return [h.doc_id for h in hits]
 
-        metrics = evaluate(split, rank)
-        bar.close()
-    if args.json:
+            metrics = evaluate(queries, rank)
+    if as_json:
         print(json.dumps(metrics))
-    else:
-        print(
-            f"collection {collection!r}, mode {args.mode}, {len(split.queries)} "
-            f"{args.split} queries"
-        )
-        for name, value in metrics.items():
-            print(f"  {name:<11}{value:.4f}")
+        return 0
+    print(f"collection {collection!r}, mode {mode}, {len(queries.queries)} {split} queries")
+    table = plain_table()
+    table.add_column("METRIC")
+    table.add_column("VALUE", justify="right")
+    for name, value in metrics.items():
+        table.add_row(name, f"{value:.4f}")
+    print_table(table)
     return 0

@@ -171,7 +171,11 @@ def test_eval_scores_are_attached_to_the_registered_version(
     assert (
         main(["adapters", "eval-format", "--adapter", "tone", "--data", str(data), "--attach"]) == 0
     )
-    assert "scores attached to tone@" in capsys.readouterr().out
+    header, base_row, adapter_row, attached = capsys.readouterr().out.splitlines()
+    assert header.split() == ["MODEL", "N", "JSON-VALID", "EXACT", "ACCURACY", "TOK/S"]
+    assert base_row.split()[0] == "base"
+    assert adapter_row.split()[:3] == ["adapter", "20", "100%"]
+    assert attached.startswith("scores attached to tone@")
     assert main(["adapters", "list", "--json"]) == 0
     (record,) = json.loads(capsys.readouterr().out)
     evals = record["evals"]["format:train"]

@@ -27,9 +27,11 @@ def test_ingest_then_rerun_then_search(tmp_path: Path, capsys: pytest.CaptureFix
     assert "nothing to write; all 5 documents are unchanged" in capsys.readouterr().out
 
     assert main(["search", "high tide harbour", "--collection", "kb", "--top-k", "2"]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith(" 1. ")
-    assert "tides.html" in out.splitlines()[0]
+    header, first, second = capsys.readouterr().out.splitlines()  # piped: one line a row
+    assert header.split() == ["#", "SCORE", "SOURCE", "CHUNK", "TEXT"]
+    assert first.split()[0] == "1"
+    assert "tides.html" in first
+    assert second.split()[0] == "2"
 
     assert (
         main(["search", "tide", "--collection", "kb", "--json", "--filter", "file_type=txt"]) == 0
@@ -163,6 +165,14 @@ def test_eval_retrieval_prints_json_metrics(
     metrics = json.loads(capsys.readouterr().out)
     assert set(metrics) == {"ndcg@10", "recall@10", "recall@100", "mrr@10"}
     assert metrics["mrr@10"] == 1.0
+
+    assert main(["eval", "retrieval", "--beir", str(beir), "--collection", "mini"]) == 0
+    captured = capsys.readouterr()
+    title, header, *rows = captured.out.splitlines()
+    assert title == "collection 'mini', mode hybrid, 2 test queries"
+    assert header.split() == ["METRIC", "VALUE"]
+    assert {row.split()[0]: float(row.split()[1]) for row in rows} == metrics
+    assert not captured.err  # no progress bar when stderr is not a terminal
 
 
 def test_unreachable_qdrant_server_is_named(

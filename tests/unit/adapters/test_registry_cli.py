@@ -83,3 +83,79 @@ def test_cli_list_on_an_empty_registry(
     assert run_cli("list") == 0
     assert "no adapters registered" in capsys.readouterr().out
     assert not (tmp_path / "data").exists()  # listing creates nothing
+
+
+def test_cli_unalias_refuses_an_alias_a_route_uses(
+    tiny_model: TinyModel,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The rule the admin API applies: the routes file the server would load is consulted."""
+    monkeypatch.setenv("RAGTUNE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("RAGTUNE_LLM__MODEL", str(tiny_model.path))
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(
+        "routes:\n"
+        "  support:\n"
+        "    kind: chat\n"
+        "    adapter: prod\n"
+        '    prompt: {system: "Be brief.", user: "{question}"}\n'
+        "  other:\n"
+        "    kind: chat\n"
+        '    prompt: {system: "Be brief.", user: "{question}"}\n'
+        "    overrides: {adapters: [base, spare]}\n"
+    )
+    monkeypatch.setenv("RAGTUNE_API__ROUTES_FILE", str(routes))
+    adapter = str(tiny_model.adapters["alpha"])
+    assert run_cli("register", adapter, "--name", "sql", "--alias", "prod") == 0
+    assert run_cli("alias", "spare", "prod") == 0
+    assert run_cli("alias", "free", "prod") == 0
+    capsys.readouterr()
+
+    assert run_cli("unalias", "prod") == 2
+    err = capsys.readouterr().err
+    assert "alias 'prod' is used by route 'support'" in err
+    assert run_cli("unalias", "spare") == 2  # an allowed override counts too
+    assert "route 'other'" in capsys.readouterr().err
+    assert run_cli("aliases", "--json") == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"prod", "spare", "free"}
+
+    assert run_cli("unalias", "free") == 0
+    log = AuditLog(tmp_path / "data" / "adapters" / "audit.jsonl").tail(100)
+    assert [(e["action"], e["target"], e["result"]) for e in log[-3:]] == [
+        ("unalias", "prod", "refused"),
+        ("unalias", "spare", "refused"),
+        ("unalias", "free", "ok"),
+    ]
+
+
+def test_cli_tables_list_every_version_and_alias(
+    tiny_model: TinyModel,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("RAGTUNE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("RAGTUNE_LLM__MODEL", str(tiny_model.path))
+    assert run_cli("register", str(tiny_model.adapters["alpha"]), "--name", "sql") == 0
+    assert run_cli("register", str(tiny_model.adapters["beta"]), "--name", "sql") == 0
+    a, b = (
+        line.split()[1] for line in capsys.readouterr().out.splitlines() if "registered" in line
+    )
+    assert run_cli("alias", "prod", a) == 0
+    assert run_cli("alias", "prod", b) == 0
+    capsys.readouterr()
+
+    assert run_cli("list") == 0
+    header, *rows = capsys.readouterr().out.splitlines()  # piped: one line a row, no wrapping
+    assert header.split() == ["REF", "RANK", "BYTES", "CREATED", "(UTC)", "ALIASES"]
+    assert [row.split()[0] for row in rows] == [a, b]
+    assert rows[0].split()[-1] == "-"
+    assert rows[1].split()[-1] == "prod"
+    assert all(row == row.rstrip() for row in rows)
+
+    assert run_cli("aliases") == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["ALIAS", "TARGET", "PREVIOUS"]
+    assert row.split() == ["prod", b, a]
