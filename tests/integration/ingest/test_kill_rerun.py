@@ -11,10 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 
+from tests.fixtures.collections import Snapshot, differences, snapshot
 from tests.fixtures.corpus import synthetic_records, write_jsonl
 
 # When, within a writing run (from its in-progress marker to its end, as a clean run took),
@@ -106,36 +106,12 @@ def _manifest(data: Path) -> dict[str, object]:
     return manifest
 
 
-def _snapshot(data: Path) -> dict[str, tuple[object, ...]]:
+def _snapshot(data: Path) -> Snapshot:
     client = QdrantClient(path=str(data / "qdrant"))
     try:
-        points, _ = client.scroll("k", limit=100_000, with_payload=True, with_vectors=True)
+        return snapshot(client, "k")
     finally:
         client.close()
-    out = {}
-    for p in points:
-        vectors = p.vector if isinstance(p.vector, dict) else {}
-        sparse = vectors["sparse"]
-        out[str(p.id)] = (
-            p.payload,
-            np.asarray(vectors["dense"], dtype=np.float32),
-            tuple(sparse.indices),  # type: ignore[union-attr]
-            tuple(round(v, 5) for v in sparse.values),  # type: ignore[union-attr]
-        )
-    return out
-
-
-def _same(a: dict[str, tuple[object, ...]], b: dict[str, tuple[object, ...]]) -> bool:
-    """Same point ids, same payloads, same vectors."""
-    return (
-        a.keys() == b.keys()
-        and all(
-            left[0] == right[0]
-            and np.allclose(left[1], right[1], atol=1e-5)  # type: ignore[arg-type]
-            and left[2:] == right[2:]
-            for left, right in ((a[k], b[k]) for k in a)
-        )
-    )
 
 
 @pytest.mark.slow
@@ -175,4 +151,4 @@ def test_killed_runs_converge_to_a_clean_run(tmp_path: Path) -> None:
         assert "in_progress" in _manifest(data)
         _ingest(env, corpus)
         assert "in_progress" not in _manifest(data)
-        assert _same(_snapshot(data), expected)
+        assert differences(_snapshot(data), expected) == []

@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from qdrant_client import QdrantClient, models
 
 from ingest.documents import LoadReport
@@ -18,6 +17,7 @@ from ingest.search import Retriever
 from ingest.sparse import SparseEncoder
 from ingest.store import Collection, point_id
 from tests.conftest import make_chunker
+from tests.fixtures.collections import Snapshot, differences, snapshot
 from tests.fixtures.corpus import synthetic_records, write_jsonl, write_tree
 
 C = "docs"
@@ -42,28 +42,12 @@ def _ingester(client: QdrantClient, embedder: Any, sparse: SparseEncoder) -> Ing
     return Ingester(client, embedder, sparse, make_chunker(embedder), write_batch=8)
 
 
-def _snapshot(client: QdrantClient, name: str = C) -> dict[str, tuple[Any, ...]]:
-    points, _ = client.scroll(name, limit=10_000, with_payload=True, with_vectors=True)
-    out = {}
-    for p in points:
-        vectors = p.vector if isinstance(p.vector, dict) else {}
-        sparse = vectors["sparse"]
-        out[str(p.id)] = (
-            p.payload,
-            np.asarray(vectors["dense"], dtype=np.float32),
-            tuple(sparse.indices),  # type: ignore[union-attr]
-            tuple(round(v, 5) for v in sparse.values),  # type: ignore[union-attr]
-        )
-    return out
+def _snapshot(client: QdrantClient, name: str = C) -> Snapshot:
+    return snapshot(client, name)
 
 
-def _same(a: dict[str, tuple[Any, ...]], b: dict[str, tuple[Any, ...]]) -> None:
-    assert a.keys() == b.keys()
-    for key, (payload, dense, *sparse) in a.items():
-        other_payload, other_dense, *other_sparse = b[key]
-        assert payload == other_payload
-        assert np.allclose(dense, other_dense, atol=1e-6)
-        assert sparse == other_sparse
+def _same(a: Snapshot, b: Snapshot) -> None:
+    assert differences(a, b, atol=1e-6) == []
 
 
 def _make_legacy(client: QdrantClient, root: Path) -> None:
