@@ -1,0 +1,1 @@
+"""`ragtune eval`: run the same cases through several strategies and compare them."""
