@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 VLLM_VENV ?= .venv-vllm
 export VLLM_VENV := $(abspath $(VLLM_VENV))
 
-.PHONY: setup vllm-venv model run test test-fast lint docs bench bench-generate bench-api bench-hotswap clean
+.PHONY: setup vllm-venv browser model run test test-fast lint docs bench bench-generate bench-api bench-hotswap evals eval-cases eval-reviews eval-squad eval-scifact clean
 
 $(BIN)/ragtune: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,12 +35,38 @@ run: setup
 	$(BIN)/ragtune ingest docs --collection docs --prune
 	$(BIN)/ragtune serve
 
+# The shipped suites in evals/ on ../shared/data and the default model; each writes its report
+# to .ragtune/evals/<suite>/ (report.html to open). EVAL_ARGS goes to `ragtune eval run`, e.g.
+# EVAL_ARGS="--limit 20". A suite whose gate fails stops `make evals`; `make -k evals` goes on.
+EVAL_DATA ?= ../shared/data
+EVAL_ARGS ?=
+
+evals: eval-reviews eval-squad eval-scifact
+
+eval-cases: setup
+	$(BIN)/python -m evals.build --data $(EVAL_DATA)
+
+eval-reviews: model eval-cases
+	$(BIN)/ragtune eval run evals/reviews-json/suite.yaml --out .ragtune/evals/reviews-json $(EVAL_ARGS)
+
+eval-squad: model eval-cases
+	$(BIN)/ragtune ingest evals/squad-qa/corpus --collection squad --prune --no-progress
+	$(BIN)/ragtune eval run evals/squad-qa/suite.yaml --out .ragtune/evals/squad-qa $(EVAL_ARGS)
+
+eval-scifact: model eval-cases
+	$(BIN)/ragtune ingest $(EVAL_DATA)/scifact/corpus.jsonl --collection scifact --no-progress
+	$(BIN)/ragtune eval run evals/scifact-retrieval/suite.yaml --out .ragtune/evals/scifact-retrieval $(EVAL_ARGS)
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint vllm-venv
+# Debian's Chromium: tests/integration/evaluation opens report.html in it (headless).
+browser:
+	command -v chromium || (apt-get update && apt-get install -y chromium)
+
+test: lint vllm-venv browser
 	$(BIN)/pytest
 
 test-fast: lint
