@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import typer
 from pydantic import ValidationError
@@ -16,11 +17,16 @@ from typer.core import TyperGroup
 from adapters import cli as adapters_cli
 from engine import cli as engine_cli
 from engine import generate_cli
+from evaluation import cli as eval_cli
 from ingest import cli as ingest_cli
 from ragtune.console import stderr_console
 from ragtune.errors import InvalidInput, NotFound, RagtuneError
 from ragtune.settings import Settings
 from service import cli as service_cli
+
+if TYPE_CHECKING:
+    from adapters.gating import GateVerdict
+    from service.admin.gate import GateServices
 
 # Usage errors are click's ClickException family: click's own in older typer, typer's vendored
 # copy of click in newer (0.27 here). typer.BadParameter, public in both, descends from it.
@@ -79,6 +85,20 @@ def _route_adapters(settings: Settings) -> Mapping[str, Collection[str]]:
     return route_adapters(load_routes(routes_path(settings)))
 
 
+def _alias_gate(settings: Settings, suite: Path, alias: str, ref: str) -> GateVerdict:
+    """`adapters alias --require-suite`: the suite in this process, `ref` answering for `alias`."""
+    from evaluation.promotion import gate_in_process
+
+    return gate_in_process(settings, suite, alias, ref)
+
+
+async def _serve_gate(suite: Path, alias: str, ref: str, services: GateServices) -> GateVerdict:
+    """The admin API's `require_suite`: the suite on the server's own services."""
+    from evaluation.promotion import service_gate
+
+    return await service_gate(suite, alias, ref, services)
+
+
 def build_app() -> typer.Typer:
     """The whole command tree; building it reads no settings, so `--help` always works."""
     app = typer.Typer(
@@ -89,11 +109,17 @@ def build_app() -> typer.Typer:
         context_settings={"help_option_names": ["-h", "--help"]},
         pretty_exceptions_enable=False,
     )
-    app.add_typer(ingest_cli.commands())
-    app.add_typer(adapters_cli.commands(_route_adapters))
+    evals = typer.Typer(
+        help="Measure quality: retrieval on a BEIR set, or a suite of cases through several "
+        "strategies side by side.",
+        no_args_is_help=True,
+    )
+    eval_cli.register(evals)
+    app.add_typer(ingest_cli.commands(evals))
+    app.add_typer(adapters_cli.commands(_route_adapters, _alias_gate))
     app.add_typer(engine_cli.commands())
     app.add_typer(generate_cli.commands())
-    app.add_typer(service_cli.commands())
+    app.add_typer(service_cli.commands(_serve_gate))
     return app
 
 

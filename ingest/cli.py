@@ -34,12 +34,13 @@ SearchMode = Annotated[Mode, typer.Option(help="dense, sparse (BM25) or hybrid (
 Json = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
-def commands() -> typer.Typer:
-    """`ingest`, `search` and the `eval` group."""
+def commands(evals: typer.Typer | None = None) -> typer.Typer:
+    """`ingest`, `search` and the `eval` group (`evals`, when the caller composes it with
+    other packages' eval commands), with `eval retrieval` added."""
     app = typer.Typer()
     app.command("ingest", no_args_is_help=True, rich_help_panel=_PANEL)(ingest)
     app.command("search", no_args_is_help=True, rich_help_panel=_PANEL)(search)
-    evals = typer.Typer(help="Measure quality.", no_args_is_help=True)
+    evals = evals or typer.Typer(help="Measure quality.", no_args_is_help=True)
     evals.command("retrieval", no_args_is_help=True)(eval_retrieval)
     app.add_typer(evals, name="eval", rich_help_panel=_PANEL)
     return app

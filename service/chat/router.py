@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 
 from service.auth import ApiKeyRoute
 from service.chat.schemas import (
+    ChatDryRun,
     ChatRequest,
     ChatResponse,
     StreamEvent,
@@ -16,7 +17,14 @@ from service.chat.schemas import (
     citations_out,
     sources_out,
 )
-from service.chat.service import ChatCall, ChatEvent, ChatResult, DeltaEvent, SourcesEvent
+from service.chat.service import (
+    ChatCall,
+    ChatEvent,
+    ChatResult,
+    ChatService,
+    DeltaEvent,
+    SourcesEvent,
+)
 from service.deps import ChatDep
 from service.sse import sse_response
 
@@ -24,14 +32,29 @@ from service.sse import sse_response
 router = APIRouter(tags=["chat"], route_class=ApiKeyRoute)
 
 
-@router.post("/v1/chat", response_model=ChatResponse)
+@router.post("/v1/chat", response_model=ChatResponse | ChatDryRun)
 async def chat(body: ChatRequest, service: ChatDep, request: Request) -> Any:
     request.state.route_label = body.route
     call = to_call(body)
+    if body.dry_run:
+        return await dry_run(call, service)
+    texts = body.include_source_text
     if body.stream:
         # Prepared before the 200 goes out, so a bad request is still an HTTP error.
-        return sse_response(_events(await service.open_stream(call)), on_error=_error_event)
-    return to_response(await service.answer(call))
+        events = _events(await service.open_stream(call), texts)
+        return sse_response(events, on_error=_error_event)
+    return to_response(await service.answer(call), texts)
+
+
+async def dry_run(call: ChatCall, service: ChatService) -> ChatDryRun:
+    checked = await service.dry_run(call)
+    return ChatDryRun(
+        route=checked.route,
+        adapter_alias=checked.alias,
+        adapter=checked.version,
+        retrieves=checked.spec.retrieval is not None,
+        sampling=checked.sampling.model_dump(mode="json"),
+    )
 
 
 def to_call(body: ChatRequest) -> ChatCall:
@@ -46,7 +69,7 @@ def to_call(body: ChatRequest) -> ChatCall:
     )
 
 
-def to_response(result: ChatResult) -> ChatResponse:
+def to_response(result: ChatResult, source_text: bool = False) -> ChatResponse:
     return ChatResponse(
         route=result.route,
         adapter=result.adapter,
@@ -54,7 +77,7 @@ def to_response(result: ChatResult) -> ChatResponse:
         output=result.output,
         output_error=result.output_error,
         finish_reason=result.finish_reason,
-        sources=sources_out(result.sources),
+        sources=sources_out(result.sources, source_text),
         citations=citations_out(result.citations),
         usage=UsageOut.of(result.usage),
     )
@@ -65,7 +88,9 @@ def _error_event(error: dict[str, Any]) -> dict[str, Any]:
     return StreamEvent(type="error", error=error).model_dump(exclude_none=True)
 
 
-async def _events(events: AsyncIterator[ChatEvent]) -> AsyncIterator[dict[str, Any]]:
+async def _events(
+    events: AsyncIterator[ChatEvent], source_text: bool
+) -> AsyncIterator[dict[str, Any]]:
     """Sources first, then the answer's pieces, then done (citations, usage, output)."""
     async for item in events:
         out: StreamEvent
@@ -74,7 +99,7 @@ async def _events(events: AsyncIterator[ChatEvent]) -> AsyncIterator[dict[str, A
                 type="sources",
                 route=item.route,
                 adapter=item.adapter,
-                sources=sources_out(item.sources),
+                sources=sources_out(item.sources, source_text),
             )
         elif isinstance(item, DeltaEvent):
             out = StreamEvent(type="delta", text=item.text)

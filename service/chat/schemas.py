@@ -27,6 +27,11 @@ class ChatRequest(GenerationOverrides):
     adapter: str | None = None
     # max_tokens, temperature, top_p, stop, seed: from GenerationOverrides.
     stream: bool = False
+    # Each source's `text` too: the source as packed into the prompt (not just its snippet).
+    include_source_text: bool = False
+    # Check the request and say what would serve it (ChatDryRun), retrieving and generating
+    # nothing: evaluations ask before their first case.
+    dry_run: bool = False
 
 
 class SourceOut(BaseModel):
@@ -39,6 +44,10 @@ class SourceOut(BaseModel):
     chunk_index: int
     score: float
     snippet: str
+    # Only when the request sets include_source_text (absent, not null, otherwise: responses
+    # stay as they were): the source as the model saw it, its numbered header line then its
+    # text, cut where the context budget cut it.
+    text: str | None = Field(default=None, exclude_if=lambda text: text is None)
 
 
 class Citations(BaseModel):
@@ -77,6 +86,20 @@ class ChatResponse(BaseModel):
     usage: UsageOut
 
 
+class ChatDryRun(BaseModel):
+    """POST /v1/chat with `dry_run`: the request is servable, and this is what would serve it."""
+
+    dry_run: Literal[True] = True
+    route: str
+    # The adapter alias the request resolves to (None: the base model), and the version
+    # ("name@version") it points at now; a later swap may change it.
+    adapter_alias: str | None
+    adapter: str | None
+    retrieves: bool
+    # The route's sampling with the request's changes applied.
+    sampling: dict[str, Any]
+
+
 class StreamEvent(BaseModel):
     """One server-sent event of a streamed chat: sources first, then deltas, then done."""
 
@@ -93,7 +116,7 @@ class StreamEvent(BaseModel):
     error: dict[str, Any] | None = None
 
 
-def sources_out(sources: list[Source]) -> list[SourceOut]:
+def sources_out(sources: list[Source], with_text: bool = False) -> list[SourceOut]:
     return [
         SourceOut(
             number=s.number,
@@ -103,6 +126,7 @@ def sources_out(sources: list[Source]) -> list[SourceOut]:
             chunk_index=int(s.hit.payload.get("chunk_index", 0)),
             score=s.hit.score,
             snippet=s.snippet(),
+            text=s.render() if with_text else None,
         )
         for s in sources
     ]

@@ -10,7 +10,7 @@ from typing import Any
 
 from engine.backend import Backend
 from engine.tokens import TokenCounter
-from engine.types import ChatMessage, FinishReason, GenerationRequest, Usage
+from engine.types import ChatMessage, FinishReason, GenerationRequest, SamplingParams, Usage
 from ingest.search import FilterValue, Mode
 from ragtune.errors import InvalidInput, UpstreamUnavailable
 from ragtune.settings import ApiSettings
@@ -37,6 +37,22 @@ class ChatCall:
     adapter: str | None = None
     # Generation fields the caller set (max_tokens, temperature, top_p, stop, seed).
     sampling: dict[str, Any] = field(default_factory=dict)
+    # alias -> a version held for an evaluation (AdapterManager.hold), served in the alias's
+    # place: an eval-gated flip measures the version before the alias points at it. Set only
+    # by in-process callers; no HTTP body has this field.
+    candidates: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Checked:
+    """A call the route accepts: what it would be served with."""
+
+    route: str
+    spec: RouteSpec
+    # The alias that would answer (None: the base model), and the version it points at now.
+    alias: str | None
+    version: str | None
+    sampling: SamplingParams
 
 
 @dataclass
@@ -46,6 +62,8 @@ class Prepared:
     request: GenerationRequest
     alias: str | None
     sources: list[Source]
+    # The version held for an evaluation that answers in the alias's place (ChatCall.candidates).
+    candidate: str | None = None
 
 
 @dataclass
@@ -103,7 +121,9 @@ class ChatService:
         try:
             async with asyncio.timeout(self._limits.request_timeout_s):
                 prepared = await self.prepare(call)
-                async with self._adapters.lease(prepared.alias) as ref:
+                async with self._adapters.lease(
+                    prepared.alias, candidate=prepared.candidate
+                ) as ref:
                     request = prepared.request.model_copy(update={"adapter": ref})
                     with self._metrics.timed(prepared.route, "generate"):
                         completion = await self._backend.generate(request)
@@ -131,7 +151,7 @@ class ChatService:
 
     async def _stream(self, prepared: Prepared) -> AsyncIterator[ChatEvent]:
         timeout = self._limits.request_timeout_s
-        async with self._adapters.lease(prepared.alias) as ref:
+        async with self._adapters.lease(prepared.alias, candidate=prepared.candidate) as ref:
             yield SourcesEvent(prepared.route, ref, prepared.sources)
             request = prepared.request.model_copy(update={"adapter": ref})
             check = CitationCheck(len(prepared.sources))
@@ -175,24 +195,53 @@ class ChatService:
             f"(api.request_timeout_s); the backend may be overloaded, retry later"
         )
 
-    async def prepare(self, call: ChatCall) -> Prepared:
-        """Check the call against the route, retrieve, and build the generation request."""
+    async def check_call(self, call: ChatCall) -> Checked:
+        """Everything `prepare` checks before retrieving, the messages aside: the route and its
+        kind, the adapter (allowed by the route, in the registry), the retrieval and generation
+        overrides. Retrieves and generates nothing (dry runs and evaluations call it)."""
         spec = find_route(self._routes, call.route, "chat")
         alias = adapter_for(call.route, spec, call.adapter)
-        await self._adapters.check(alias)
-        messages = list(call.messages)
+        candidate = call.candidates.get(alias) if alias is not None else None
+        if candidate is None:  # a held candidate answers whether the alias exists or not
+            await self._adapters.check(alias)
+        if spec.retrieval is not None:
+            self._check_retrieval_overrides(call, spec)
+        else:
+            given = [n for n in ("filters", "top_k", "mode") if getattr(call, n)]
+            if given:
+                raise InvalidInput(
+                    f"{', '.join(given)}: route {call.route!r} does not retrieve; drop them"
+                )
+        params = sampling(call.route, spec, call.sampling, self._limits.max_tokens)
+        version = candidate or (self._adapters.active().get(alias) if alias is not None else None)
+        return Checked(call.route, spec, alias, version, params)
+
+    async def dry_run(self, call: ChatCall) -> Checked:
+        """What would serve `call`, checked as an answer checks it (messages too), run nothing."""
+        checked = await self.check_call(call)
+        self.check_messages(list(call.messages))
+        return checked
+
+    def check_messages(self, messages: list[ChatMessage]) -> None:
+        """The rules a chat's messages must follow: within the limit, ending with a question."""
         if len(messages) > self._limits.max_messages:
             raise InvalidInput(
                 f"messages: {len(messages)} messages, the limit is {self._limits.max_messages}"
             )
         if messages[-1].role != "user":
             raise InvalidInput("messages: the last message must be the user's question")
-        question = messages[-1].content
-        if not question.strip():
+        if not messages[-1].content.strip():
             raise InvalidInput("messages: the last user message is empty")
+
+    async def prepare(self, call: ChatCall) -> Prepared:
+        """Check the call against the route, retrieve, and build the generation request."""
+        checked = await self.check_call(call)
+        spec = checked.spec
+        messages = list(call.messages)
+        self.check_messages(messages)
+        question = messages[-1].content
         sources: list[Source] = []
         if spec.retrieval is not None:
-            self._check_retrieval_overrides(call, spec)
             hits = await self._retrieval.search(
                 call.route,
                 spec.retrieval,
@@ -202,8 +251,6 @@ class ChatService:
                 mode=call.mode,
             )
             sources = await self._retrieval.pack(hits, self._counter, spec.retrieval.context_tokens)
-        elif call.filters or call.top_k or call.mode:
-            raise InvalidInput(f"route {call.route!r} does not retrieve; drop filters/top_k/mode")
         context = render_context(sources)
         values = {"context": context, "question": question, "route": call.route}
         system = spec.prompt.system.format_map(values).strip()
@@ -214,11 +261,10 @@ class ChatService:
         built += history
         built.append(ChatMessage(role="user", content=spec.prompt.user.format_map(values)))
         request = GenerationRequest(
-            messages=built,
-            sampling=sampling(call.route, spec, call.sampling, self._limits.max_tokens),
-            json_schema=spec.output.json_schema,
+            messages=built, sampling=checked.sampling, json_schema=spec.output.json_schema
         )
-        return Prepared(call.route, spec, request, alias, sources)
+        candidate = call.candidates.get(checked.alias) if checked.alias is not None else None
+        return Prepared(call.route, spec, request, checked.alias, sources, candidate)
 
     @staticmethod
     def _check_retrieval_overrides(call: ChatCall, spec: RouteSpec) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 from fastapi import APIRouter, Request
 
 from service.auth import ApiKeyRoute
-from service.deps import ChatDep, RoutesDep
+from service.deps import ChatDep, RoutesDep, SettingsDep
 from service.openai_api import service
 from service.openai_api.schemas import ChatCompletion, ChatCompletionRequest, ModelList
 from service.sse import sse_response
@@ -30,5 +31,6 @@ async def chat_completions(body: ChatCompletionRequest, chat: ChatDep, request: 
 
 
 @router.get("/v1/models", response_model=ModelList)
-async def models(routes: RoutesDep) -> ModelList:
-    return service.list_models(routes, _STARTED)
+async def models(routes: RoutesDep, settings: SettingsDep) -> ModelList:
+    base = await asyncio.to_thread(service.base_model_info, settings)
+    return service.list_models(routes, _STARTED, base)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from engine.types import GenerationOverrides, PositiveTokens
 from ingest.search import Mode
 from service.chat.schemas import UsageOut
+from service.routes.schemas import OverrideSpec, RouteKind
 
 
 class TextPart(BaseModel):
@@ -94,6 +95,21 @@ class ChatCompletion(BaseModel):
     ragtune: RagtuneExtra
 
 
+class RouteInfo(BaseModel):
+    """ragtune's extension of a model (a route): what it is made of and what callers may change,
+    so a client can check a request, and notice a changed route, before calling it."""
+
+    # sha256 of the route's spec as JSON: changes whenever the routes file changes the route.
+    fingerprint: str
+    kind: RouteKind
+    retrieves: bool
+    output: Literal["text", "json"]
+    # The route's adapter alias (None: the base model); overrides.adapters lists the others a
+    # caller may ask for ("base" = the base model).
+    adapter: str | None
+    overrides: OverrideSpec
+
+
 class Model(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -101,8 +117,26 @@ class Model(BaseModel):
     owned_by: str = "ragtune"
     description: str = ""
     kind: str = "chat"
+    ragtune: RouteInfo
+
+
+class BaseModelInfo(BaseModel):
+    """The base model every route is served on."""
+
+    # The model folder's name (or the configured name when the folder is not on this host).
+    name: str
+    # sha256 of its config.json; None when the folder is not on this host (a remote vLLM).
+    config_sha256: str | None
+    backend: Literal["embedded", "vllm"]
+    dtype: str
+
+
+class ModelsExtra(BaseModel):
+    base_model: BaseModelInfo
 
 
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[Model]
+    # ragtune's extension; OpenAI clients ignore it (`page.model_extra`).
+    ragtune: ModelsExtra

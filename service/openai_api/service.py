@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
+from engine.model import resolve_base_model
 from engine.types import ChatMessage
-from ragtune.errors import InvalidInput
+from ragtune.errors import InvalidInput, RagtuneError
+from ragtune.settings import Settings
 from service.chat.schemas import citations_out, sources_out
 from service.chat.service import ChatCall, ChatResult, DeltaEvent, SourcesEvent
 from service.openai_api.schemas import (
+    BaseModelInfo,
     ChatCompletion,
     ChatCompletionRequest,
     Choice,
     CompletionUsage,
     Model,
     ModelList,
+    ModelsExtra,
     OpenAIMessage,
     RagtuneExtra,
     ResponseMessage,
+    RouteInfo,
 )
 from service.routes.schemas import RouteSpec
 
@@ -70,14 +78,53 @@ def _message(index: int, message: OpenAIMessage) -> ChatMessage:
     return ChatMessage(role=role, content=content or "")
 
 
-def list_models(routes: Mapping[str, RouteSpec], created: int) -> ModelList:
-    """The chat routes, as OpenAI models."""
+def list_models(routes: Mapping[str, RouteSpec], created: int, base: BaseModelInfo) -> ModelList:
+    """The chat routes, as OpenAI models, with ragtune's extension: each route's fingerprint
+    and rules, and the base model."""
     return ModelList(
         data=[
-            Model(id=name, created=created, description=spec.description, kind=spec.kind)
+            Model(
+                id=name,
+                created=created,
+                description=spec.description,
+                kind=spec.kind,
+                ragtune=route_info(spec),
+            )
             for name, spec in sorted(routes.items())
             if spec.kind == "chat"
-        ]
+        ],
+        ragtune=ModelsExtra(base_model=base),
+    )
+
+
+def route_info(spec: RouteSpec) -> RouteInfo:
+    dumped = json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True)
+    return RouteInfo(
+        fingerprint=hashlib.sha256(dumped.encode()).hexdigest(),
+        kind=spec.kind,
+        retrieves=spec.retrieval is not None,
+        output=spec.output.type,
+        adapter=spec.adapter,
+        overrides=spec.overrides,
+    )
+
+
+def base_model_info(settings: Settings) -> BaseModelInfo:
+    """The served base model's identity (reads its config.json: call it off the event loop)."""
+    llm = settings.llm
+    try:
+        folder: Path | None = Path(resolve_base_model(settings))
+    except RagtuneError:
+        folder = None  # a vLLM server's model, not on this host
+    config = folder / "config.json" if folder is not None else None
+    digest = None
+    if config is not None and config.is_file():
+        digest = hashlib.sha256(config.read_bytes()).hexdigest()
+    return BaseModelInfo(
+        name=folder.name if folder is not None else (llm.model or llm.served_model_name),
+        config_sha256=digest,
+        backend="vllm" if llm.use_vllm() else "embedded",
+        dtype=llm.dtype,
     )
 
 

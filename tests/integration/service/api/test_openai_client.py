@@ -123,10 +123,15 @@ def test_banner_shows_the_url_and_examples(server: Server) -> None:
 
 
 def test_models_lists_the_chat_routes(openai_client: OpenAI) -> None:
-    ids = {model.id for model in openai_client.models.list()}
+    page = openai_client.models.list()
+    ids = {model.id for model in page}
     assert "chat" in ids
     assert "chat-plain" in ids
     assert "summarize" not in ids  # a summarize route cannot answer chat completions
+    # ragtune's extension rides along where the client keeps unknown fields.
+    assert all(len(model.model_extra["ragtune"]["fingerprint"]) == 64 for model in page.data)
+    assert page.model_extra is not None
+    assert page.model_extra["ragtune"]["base_model"]["backend"] == "embedded"
 
 
 def test_completion_has_content_usage_and_sources(openai_client: OpenAI) -> None:
