@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 from rich.table import Table
 
+from adapters.gating import CliGate
 from adapters.registry_cli import (
     SYNC_NOTE,
     Json,
@@ -41,8 +42,9 @@ Base = Annotated[
 NoProgress = Annotated[bool, typer.Option("--no-progress", help="no progress bar")]
 
 
-def commands(route_adapters: RouteAdapters) -> typer.Typer:
-    """The `adapters` group; `route_adapters` reads the routes `unalias` must not break."""
+def commands(route_adapters: RouteAdapters, suite_gate: CliGate | None = None) -> typer.Typer:
+    """The `adapters` group; `route_adapters` reads the routes `unalias` must not break;
+    `suite_gate` runs the eval suite of `alias --require-suite` (evaluation is a layer up)."""
     group = typer.Typer(
         help="LoRA adapters: make training data, train, evaluate, register and alias.",
         epilog=SYNC_NOTE,
@@ -51,7 +53,7 @@ def commands(route_adapters: RouteAdapters) -> typer.Typer:
     group.command("train", no_args_is_help=True)(train)
     group.command("make-dataset", no_args_is_help=True)(make_dataset)
     group.command("eval-format", no_args_is_help=True)(eval_format)
-    add_registry_commands(group, route_adapters)
+    add_registry_commands(group, route_adapters, suite_gate)
     add_remote_commands(group)
     app = typer.Typer()
     app.add_typer(group, name="adapters", rich_help_panel="Adapters")

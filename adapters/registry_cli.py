@@ -15,12 +15,13 @@ import typer
 
 from adapters.archive import extract_archive
 from adapters.audit import AuditLog
+from adapters.gating import CliGate, record_verdict, refuse_unless_passed
 from adapters.policy import check_unalias
-from adapters.registry import Registry
+from adapters.registry import Registry, check_name
 from adapters.validate import ModelSpec
 from engine.model import resolve_base_model
 from ragtune.console import plain_table, print_table
-from ragtune.errors import InvalidInput, NotFound, RagtuneError
+from ragtune.errors import GateFailed, InvalidInput, NotFound, RagtuneError
 from ragtune.settings import Settings
 
 # The adapters each route of the server's routes file may use; the routes belong to the
@@ -34,13 +35,36 @@ SYNC_NOTE = (
 Json = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
 
-def add_registry_commands(group: typer.Typer, route_adapters: RouteAdapters) -> None:
+def add_registry_commands(
+    group: typer.Typer, route_adapters: RouteAdapters, suite_gate: CliGate | None = None
+) -> None:
     """Add the registry's commands to the `adapters` group; `route_adapters` reads the routes
-    `unalias` must not break."""
+    `unalias` must not break; `suite_gate` runs the suite of `alias --require-suite`."""
     group.command("register", epilog=SYNC_NOTE, no_args_is_help=True)(register)
     group.command("list", epilog=SYNC_NOTE)(list_)
     group.command("aliases", epilog=SYNC_NOTE)(aliases)
-    group.command("alias", epilog=SYNC_NOTE, no_args_is_help=True)(alias)
+
+    @group.command("alias", epilog=SYNC_NOTE, no_args_is_help=True)
+    def alias(
+        alias: Annotated[str, typer.Argument(metavar="ALIAS", help="alias to create or move")],
+        ref: Annotated[
+            str,
+            typer.Argument(
+                metavar="REF", help="name@version, or another alias (its current target)"
+            ),
+        ],
+        require_suite: Annotated[
+            Path | None,
+            typer.Option(
+                metavar="SUITE.yaml",
+                help="first run this eval suite with REF answering in ALIAS's place; move the "
+                "alias only if every gate holds (exit 1, naming the failing gates, otherwise)",
+            ),
+        ] = None,
+    ) -> int:
+        """Point an alias at a version (with --require-suite, only once its suite passes)."""
+        return run_alias(alias, ref, require_suite, suite_gate)
+
     group.command("rollback", epilog=SYNC_NOTE, no_args_is_help=True)(rollback)
 
     @group.command("unalias", epilog=SYNC_NOTE, no_args_is_help=True)
@@ -78,7 +102,7 @@ def _audited(settings: Settings, action: str, target: str) -> Iterator[dict[str,
     outcome = {"detail": ""}
     try:
         yield outcome
-    except (InvalidInput, NotFound) as exc:
+    except (InvalidInput, NotFound, GateFailed) as exc:
         log.append(_actor(), action, target, "refused", str(exc))
         raise
     except RagtuneError as exc:
@@ -173,19 +197,30 @@ def aliases(as_json: Json = False) -> int:
     return 0
 
 
-def alias(
-    alias: Annotated[str, typer.Argument(metavar="ALIAS", help="alias to create or move")],
-    ref: Annotated[
-        str,
-        typer.Argument(metavar="REF", help="name@version, or another alias (its current target)"),
-    ],
+def run_alias(
+    alias: str, ref: str, require_suite: Path | None = None, suite_gate: CliGate | None = None
 ) -> int:
-    """Point an alias at a version."""
+    """Point `alias` at `ref`; with `require_suite`, only if the suite's gates hold with the
+    version answering in the alias's place (its summary is kept on the version's record)."""
     settings = Settings()
-    with _audited(settings, "alias", alias) as outcome:
-        moved = open_registry(settings).set_alias(alias, ref)
-        outcome["detail"] = f"{moved.previous} -> {moved.target}"
-    print(f"{moved.alias} -> {moved.target}")
+    target = alias if require_suite is None else f"{alias} (require-suite {require_suite})"
+    with _audited(settings, "alias", target) as outcome:
+        registry = open_registry(settings)
+        verdict = ""
+        if require_suite is not None:
+            if suite_gate is None:  # only a command tree built without evaluation
+                raise InvalidInput("--require-suite: this command was built without eval gating")
+            if not require_suite.is_file():
+                raise NotFound(f"--require-suite: {require_suite} is not a file")
+            check_name(alias, "alias")
+            record = registry.resolve(ref)
+            result = suite_gate(settings, require_suite, alias, record.ref)
+            record_verdict(registry, record.ref, result)
+            refuse_unless_passed(result, alias, record.ref)
+            ref, verdict = record.ref, f"; {result.describe()}"
+        moved = registry.set_alias(alias, ref)
+        outcome["detail"] = f"{moved.previous} -> {moved.target}{verdict}"
+    print(f"{moved.alias} -> {moved.target}{verdict}")
     _followed(settings)
     return 0
 

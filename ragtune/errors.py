@@ -32,5 +32,9 @@ class UpstreamRejected(RagtuneError):
     (retrying does not help)."""
 
 
+class GateFailed(RagtuneError):
+    """An eval-gated change (an alias flip with a required suite) was refused: a gate failed."""
+
+
 class AdapterError(InvalidInput):
     """A LoRA adapter is unusable with this base model or backend (rank, modules, files)."""

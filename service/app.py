@@ -23,6 +23,7 @@ from ingest.sparse import SparseEncoder
 from ingest.store import is_embedded, open_qdrant
 from ragtune.errors import RagtuneError
 from ragtune.settings import Settings
+from service.admin.gate import GateServices, SuiteGate
 from service.admin.service import AdminService
 from service.chat.service import ChatService
 from service.errors import install_error_handlers
@@ -41,15 +42,20 @@ BackendFactory = Callable[[Settings], Sequence[Backend]]
 ADMIN_PREFIX = "/admin"
 
 
-def create_app(settings: Settings, backends: BackendFactory = build_backends) -> FastAPI:
+def create_app(
+    settings: Settings,
+    backends: BackendFactory = build_backends,
+    suite_gate: SuiteGate | None = None,
+) -> FastAPI:
     """The API for `settings`. A bad routes file, or one that does not fit the settings,
     fails here, before anything is loaded; `backends` builds the generation engines (tests
-    pass a scripted one)."""
+    pass a scripted one); `suite_gate` runs eval suites for gated alias flips (without one,
+    the admin API refuses `require_suite`)."""
     routes = load_served_routes(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        state = await _build(settings, routes, backends)
+        state = await _build(settings, routes, backends, suite_gate)
         app.state.metrics = state.metrics
         await state.adapters.start()
         try:
@@ -97,7 +103,12 @@ def create_app(settings: Settings, backends: BackendFactory = build_backends) ->
     return app
 
 
-async def _build(settings: Settings, routes: dict[str, Any], backends: BackendFactory) -> AppState:
+async def _build(
+    settings: Settings,
+    routes: dict[str, Any],
+    backends: BackendFactory,
+    suite_gate: SuiteGate | None = None,
+) -> AppState:
     metrics = Metrics()
     # One after the other: transformers' model loading patches torch globally (meta-device
     # initialisation), so two loads in parallel threads corrupt each other.
@@ -127,6 +138,7 @@ async def _build(settings: Settings, routes: dict[str, Any], backends: BackendFa
     chat = ChatService(routes, retrieval, pool, manager, counter, metrics, settings.api)
     summarize = SummarizeService(routes, retrieval, pool, manager, counter, metrics, settings.api)
     audit = AuditLog(root / "audit.jsonl")
+    gate = (suite_gate, GateServices(settings, routes, manager, chat)) if suite_gate else None
     return AppState(
         settings=settings,
         routes=routes,
@@ -139,7 +151,7 @@ async def _build(settings: Settings, routes: dict[str, Any], backends: BackendFa
         audit=audit,
         chat=chat,
         summarize=summarize,
-        admin=AdminService(registry, manager, audit, routes),
+        admin=AdminService(registry, manager, audit, routes, gate),
     )
 
 

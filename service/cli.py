@@ -7,40 +7,56 @@ import ipaddress
 import logging
 import socket
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
 from ragtune.settings import Settings
 
+if TYPE_CHECKING:
+    from service.admin.gate import SuiteGate
 
-def commands() -> typer.Typer:
-    """`serve`."""
+Host = Annotated[
+    str | None,
+    typer.Option(help="address to listen on (default: RAGTUNE_API__HOST, 127.0.0.1)"),
+]
+Port = Annotated[int | None, typer.Option(help="port (default: RAGTUNE_API__PORT, 8000)")]
+Routes = Annotated[
+    Path | None, typer.Option(help="routes file (default: RAGTUNE_API__ROUTES_FILE)")
+]
+LogLevel = Annotated[
+    Literal["debug", "info", "warning", "error"], typer.Option(help="uvicorn's log level")
+]
+
+
+def commands(suite_gate: SuiteGate | None = None) -> typer.Typer:
+    """`serve`; `suite_gate` runs eval suites for the admin API's gated alias flips (the
+    command tree's root passes evaluation's: this layer cannot import it)."""
     app = typer.Typer()
-    app.command("serve", rich_help_panel="Serving")(serve)
+
+    @app.command("serve", rich_help_panel="Serving")
+    def serve_command(
+        host: Host = None, port: Port = None, routes: Routes = None, log_level: LogLevel = "info"
+    ) -> int:
+        """Serve the chat, summarize and OpenAI-compatible API.
+
+        On embedded Qdrant and the embedded model, unless RAGTUNE_QDRANT__URL or
+        RAGTUNE_LLM__VLLM_URL name servers.
+        """
+        return serve(host, port, routes, log_level, suite_gate=suite_gate)
+
     return app
 
 
 def serve(
-    host: Annotated[
-        str | None,
-        typer.Option(help="address to listen on (default: RAGTUNE_API__HOST, 127.0.0.1)"),
-    ] = None,
-    port: Annotated[int | None, typer.Option(help="port (default: RAGTUNE_API__PORT, 8000)")] = (
-        None
-    ),
-    routes: Annotated[
-        Path | None, typer.Option(help="routes file (default: RAGTUNE_API__ROUTES_FILE)")
-    ] = None,
-    log_level: Annotated[
-        Literal["debug", "info", "warning", "error"], typer.Option(help="uvicorn's log level")
-    ] = "info",
+    host: str | None = None,
+    port: int | None = None,
+    routes: Path | None = None,
+    log_level: Literal["debug", "info", "warning", "error"] = "info",
+    *,
+    suite_gate: SuiteGate | None = None,
 ) -> int:
-    """Serve the chat, summarize and OpenAI-compatible API.
-
-    On embedded Qdrant and the embedded model, unless RAGTUNE_QDRANT__URL or
-    RAGTUNE_LLM__VLLM_URL name servers.
-    """
+    """Serve the API until Ctrl-C; 1 when it could not start."""
     import uvicorn
 
     from service.app import create_app
@@ -55,7 +71,8 @@ def serve(
     )
     settings = settings.model_copy(update={"api": api})
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    app = create_app(settings)  # a bad routes file stops here, with the route and field named
+    # A bad routes file stops here, with the route and field named.
+    app = create_app(settings, suite_gate=suite_gate)
     config = uvicorn.Config(app, host=api.host, port=api.port, log_level=log_level)
     server = _server_class()(config, banner=banner(settings))
     # uvicorn re-raises the Ctrl-C it has already handled by shutting down cleanly.

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 
 from ragtune.errors import (
     ConfigMismatch,
+    GateFailed,
     InvalidInput,
     MissingDependency,
     NotFound,
@@ -28,6 +29,7 @@ _MAPPING: list[tuple[type[RagtuneError], int, str]] = [
     (InvalidInput, 422, "invalid_request_error"),
     (NotFound, 404, "not_found_error"),
     (ConfigMismatch, 409, "conflict_error"),
+    (GateFailed, 409, "conflict_error"),
     (UpstreamUnavailable, 503, "service_unavailable_error"),
     # Qdrant refused ragtune's API key: the server's configuration, not the caller, is wrong.
     (UpstreamRejected, 502, "upstream_error"),

@@ -145,7 +145,10 @@ async def unload(ref: str, admin: Admin, actor: Actor) -> None:
 
 @router.put("/aliases/{alias}", response_model=AliasRecord)
 async def set_alias(alias: str, body: AliasRequest, admin: Admin, actor: Actor) -> AliasRecord:
-    """Load the target on every backend, flip the alias, drain and unload the old version."""
+    """Load the target on every backend, flip the alias, drain and unload the old version;
+    with `require_suite`, only once the suite's gates hold for the target."""
+    if body.require_suite is not None:
+        return await admin.set_alias_gated(actor, alias, body.target, body.require_suite)
     return await admin.set_alias(actor, alias, body.target)
 
 

@@ -26,6 +26,13 @@ class AliasRequest(_Strict):
     target: str = Field(
         description="a version ref (name@version), or another alias (its current target)"
     )
+    require_suite: str | None = Field(
+        default=None,
+        min_length=1,
+        description="an eval suite (SUITE.yaml, a path on the server: absolute, or relative to "
+        "its working directory) run first with the target served in the alias's place; the "
+        "flip is refused (409), naming the failing gates, unless every gate holds",
+    )
 
 
 class RegistryListing(BaseModel):

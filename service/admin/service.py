@@ -11,9 +11,11 @@ from typing import TypeVar
 
 from adapters.archive import extract_archive, resolve_under
 from adapters.audit import AuditLog
+from adapters.gating import GateVerdict, record_verdict, refuse_unless_passed
 from adapters.policy import check_delete, check_unalias
 from adapters.registry import AdapterRecord, AliasRecord, Registry, check_name
-from ragtune.errors import InvalidInput, RagtuneError
+from ragtune.errors import InvalidInput, NotFound, RagtuneError
+from service.admin.gate import GateServices, SuiteGate
 from service.admin.schemas import BackendStatus, RegistryListing, Status
 from service.hotswap.manager import AdapterManager
 from service.routes.loader import route_adapters
@@ -29,14 +31,22 @@ class AdminService:
         manager: AdapterManager,
         audit: AuditLog,
         routes: Mapping[str, RouteSpec],
+        gate: tuple[SuiteGate, GateServices] | None = None,
     ) -> None:
         self.registry = registry
         self.manager = manager
         self.audit = audit
         self.routes = routes
+        # The suite runner for gated flips and the services it runs on; None: refused.
+        self.gate = gate
 
     async def _audited(
-        self, actor: str, action: str, target: str, op: Callable[[], Awaitable[T]]
+        self,
+        actor: str,
+        action: str,
+        target: str,
+        op: Callable[[], Awaitable[T]],
+        detail: Callable[[], str] = str,
     ) -> T:
         try:
             result = await op()
@@ -46,7 +56,7 @@ class AdminService:
         except BaseException as exc:
             await asyncio.to_thread(self.audit.append, actor, action, target, "failed", repr(exc))
             raise
-        await asyncio.to_thread(self.audit.append, actor, action, target, "ok")
+        await asyncio.to_thread(self.audit.append, actor, action, target, "ok", detail())
         return result
 
     async def refused(self, actor: str, action: str, target: str, detail: str) -> None:
@@ -115,6 +125,44 @@ class AdminService:
             return await self.manager.set_alias(alias, record.ref)
 
         return await self._audited(actor, "alias", f"{alias} -> {target}", op)
+
+    async def set_alias_gated(self, actor: str, alias: str, target: str, suite: str) -> AliasRecord:
+        """Point `alias` at `target` only if the suite at `suite` (a path on this server)
+        passes with the version served in the alias's place; GateFailed names the failing
+        gates. The summary is kept on the version's record either way."""
+        verdicts: list[GateVerdict] = []
+
+        async def op() -> AliasRecord:
+            check_name(alias, "alias")
+            if self.gate is None:
+                raise InvalidInput(
+                    "require_suite: this server was started without eval gating (an app built "
+                    "by `ragtune serve` has it); flip without require_suite, or run "
+                    "`ragtune adapters alias ALIAS REF --require-suite SUITE.yaml` on its host"
+                )
+            run_gate, services = self.gate
+            path = Path(suite).expanduser()
+            if not await asyncio.to_thread(path.is_file):
+                raise NotFound(
+                    f"require_suite: {suite!r} is not a file on the server (a path relative to "
+                    f"its working directory, or absolute)"
+                )
+            record = await asyncio.to_thread(self.registry.resolve, target)
+            # Held from the run to the flip, so the measured version is not unloaded between.
+            async with self.manager.hold(record.ref):
+                verdict = await run_gate(path, alias, record.ref, services)
+                verdicts.append(verdict)
+                await asyncio.to_thread(record_verdict, self.registry, record.ref, verdict)
+                refuse_unless_passed(verdict, alias, record.ref)
+                return await self.manager.set_alias(alias, record.ref)
+
+        return await self._audited(
+            actor,
+            "alias",
+            f"{alias} -> {target} (require_suite {suite})",
+            op,
+            lambda: verdicts[0].describe() if verdicts else "",
+        )
 
     async def remove_alias(self, actor: str, alias: str) -> None:
         async def op() -> None:

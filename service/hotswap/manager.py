@@ -55,6 +55,7 @@ class AdapterManager:
         self._active: dict[str, str] = {}  # alias -> version ref that requests are sent to
         self._loaded: set[str] = set()  # refs that every backend in rotation should hold
         self._pinned: set[str] = set()  # refs loaded by an admin without an alias
+        self._held: Counter[str] = Counter()  # refs loaded for an evaluation (hold())
         self._inflight: Counter[str] = Counter()
         self._idle = asyncio.Condition()
         self._lock = asyncio.Lock()
@@ -112,14 +113,25 @@ class AdapterManager:
                 )
 
     @contextlib.asynccontextmanager
-    async def lease(self, alias: str | None) -> AsyncIterator[str | None]:
+    async def lease(
+        self, alias: str | None, *, candidate: str | None = None
+    ) -> AsyncIterator[str | None]:
         """The version `alias` serves now (None: the base model), held until the block ends
-        so that a swap does not unload it under the request."""
-        if alias is None:
+        so that a swap does not unload it under the request. `candidate`: a version held for
+        an evaluation (`hold`), served instead of the alias's."""
+        if candidate is not None:
+            if not self._held[candidate]:
+                raise InvalidInput(
+                    f"{candidate} is not held for an evaluation; only an eval-gated alias flip "
+                    f"serves a version no alias points at"
+                )
+            ref = candidate
+        elif alias is None:
             yield None
             return
-        await self.check(alias)
-        ref = self._active[alias]
+        else:
+            await self.check(alias)
+            ref = self._active[alias]
         self._inflight[ref] += 1
         try:
             yield ref
@@ -168,6 +180,25 @@ class AdapterManager:
             await asyncio.to_thread(self.registry.get, ref)
             await self._ensure_loaded(ref)
             self._pinned.add(ref)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, ref: str) -> AsyncIterator[None]:
+        """Keep `ref` loaded on every backend while the block runs, without an alias, so an
+        eval-gated flip can measure it first (`lease(..., candidate=ref)`). It counts against
+        the backends' max_loras; afterwards it is unloaded unless an alias serves it or an
+        admin loaded it."""
+        async with self._lock:
+            await asyncio.to_thread(self.registry.get, ref)
+            await self._ensure_loaded(ref)
+            self._held[ref] += 1
+        try:
+            yield
+        finally:
+            self._held[ref] -= 1
+            if not self._held[ref]:
+                del self._held[ref]
+                if ref not in self._active.values() and ref not in self._pinned:
+                    self._retire(ref)
 
     async def unload(self, ref: str) -> None:
         """Unload a version no alias serves; refused while an alias points at it."""
@@ -241,8 +272,13 @@ class AdapterManager:
                 )
                 return
         async with self._lock:
-            if ref in self._active.values() or ref in self._pinned or self._inflight[ref]:
-                return  # flipped back to it meanwhile
+            if (
+                ref in self._active.values()
+                or ref in self._pinned
+                or self._held[ref]
+                or self._inflight[ref]
+            ):
+                return  # flipped back to it (or held again) meanwhile
             if ref in self._loaded:
                 self._loaded.discard(ref)
                 try:
@@ -302,7 +338,7 @@ class AdapterManager:
             statuses.append(status)
         self.members = statuses
         # Retirements that timed out are tried again once their requests are done.
-        for ref in sorted(wanted - set(self._active.values()) - self._pinned):
+        for ref in sorted(wanted - set(self._active.values()) - self._pinned - set(self._held)):
             if not self._inflight[ref] and not any(
                 t.get_name() == f"retire {ref}" for t in self._retiring
             ):
