@@ -87,8 +87,13 @@ def value_vars(value: Any) -> set[str]:
 
 
 def substitute(value: Any, vars: Mapping[str, Any]) -> Any:
-    """`value` with each `{name}` replaced by the case's var, recursively in lists and dicts."""
+    """`value` with each `{name}` replaced by the case's var, recursively in lists and dicts.
+    A value that is exactly `{name}` of a list var becomes that list (`retrieved`, `contains-any`
+    and `contains-all` take lists); elsewhere a structured var is written as JSON text."""
     if isinstance(value, str):
+        whole = _VAR.fullmatch(value)
+        if whole and whole.group(2) and isinstance(vars.get(whole.group(2)), list):
+            return list(vars[whole.group(2)])
 
         def repl(m: re.Match[str]) -> str:
             name = m.group(2)

@@ -181,6 +181,18 @@ def test_vars_are_substituted_recursively() -> None:
     assert not evaluate(spec("equals", "{label}"), out('{"sentiment":"negative"}'), vars_).passed
 
 
+def test_a_whole_value_list_var_stays_a_list() -> None:
+    vars_ = {"gold": ["d1", "d2"], "words": ["cat", "mat"]}
+    assert substitute("{gold}", vars_) == ["d1", "d2"]
+    assert substitute("ids: {gold}", vars_) == 'ids: ["d1", "d2"]'
+    assert substitute("{{gold}}", vars_) == "{gold}"
+    assert evaluate(spec("contains-any", "{words}"), out("on the mat"), vars_).passed
+    assert not evaluate(spec("contains-all", "{words}"), out("on the mat"), vars_).passed
+    hits = out("", retrieved=[doc("d9"), doc("d2")])
+    assert evaluate(spec("retrieved", "{gold}"), hits, vars_).passed
+    assert not evaluate(spec("retrieved", "{gold}"), out("", retrieved=[doc("d9")]), vars_).passed
+
+
 def test_non_string_values_compare_as_json_text() -> None:
     assert check("equals", True, "true").passed
     assert check("equals", 42, "42").passed
