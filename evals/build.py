@@ -25,6 +25,12 @@ SEED = 12
 # the rest of the SQuAD paragraphs' questions is left for training a grounded-qa adapter.
 REVIEWS_HELD_OUT = 0.2
 SQUAD_HELD_OUT = 1 / 3
+# The shipped adapters' training sets (issue 13), drawn from the non-scored rows with the seed,
+# balanced: reviews per label, SQuAD questions answerable / impossible. Sized for a CPU run of
+# minutes, not hours.
+REVIEWS_ADAPTER_TRAIN = 400
+SQUAD_ADAPTER_TRAIN = 240
+REFUSAL = "I don't know"
 
 Row = dict[str, Any]
 
@@ -89,7 +95,38 @@ def build_reviews(data: Path, out: Path, seed: int = SEED) -> dict[str, int]:
             ({"id": f"review-{i}", "vars": r} for i, r in enumerate(ordered)),
         ),
         "few-shot pool": _write_jsonl(folder / "train.jsonl", pool),
+        "adapter training chats": _write_jsonl(
+            folder / "adapter-train.jsonl", _review_chats(pool, REVIEWS_ADAPTER_TRAIN, seed)
+        ),
     }
+
+
+def _balanced(rows: Sequence[Row], n: int, key: Callable[[Row], Any], seed: int) -> list[Row]:
+    """`n` of `rows` drawn with `seed`, the same number from each group of `key` (interleaved)."""
+    groups: dict[Any, list[Row]] = {}
+    for row in rows:
+        groups.setdefault(key(row), []).append(row)
+    rng = random.Random(seed)
+    per_group = n // len(groups)
+    drawn: list[Row] = []
+    for k in sorted(groups):
+        pool = list(groups[k])
+        rng.shuffle(pool)
+        drawn += pool[:per_group]
+    return interleave(drawn, key)
+
+
+def _review_chats(pool: Sequence[Row], n: int, seed: int) -> Iterable[Row]:
+    """The review-json adapter's chats: the review alone in the user turn (route `review` sends
+    no instruction), the compact label JSON as the answer."""
+    for r in _balanced(pool, n, lambda r: r["label_json"]["sentiment"], seed):
+        answer = json.dumps(r["label_json"], separators=(",", ":"))
+        yield {
+            "messages": [
+                {"role": "user", "content": r["text"]},
+                {"role": "assistant", "content": answer},
+            ]
+        }
 
 
 def build_squad(data: Path, out: Path, seed: int = SEED) -> dict[str, int]:
@@ -136,7 +173,19 @@ def build_squad(data: Path, out: Path, seed: int = SEED) -> dict[str, int]:
         ),
         "cases": _write_jsonl(folder / "cases.jsonl", ordered),
         "other paragraphs' questions": _write_jsonl(folder / "train.jsonl", rest),
+        "adapter training questions": _write_jsonl(
+            folder / "adapter-cases.jsonl", _qa_cases(rest, SQUAD_ADAPTER_TRAIN, seed)
+        ),
     }
+
+
+def _qa_cases(rest: Sequence[Row], n: int, seed: int) -> Iterable[Row]:
+    """The grounded-qa adapter's questions, for `ragtune dataset build --route qa`: half
+    answerable (the first gold answer), half impossible (exactly the refusal)."""
+    for case in _balanced(rest, n, lambda c: c["vars"]["is_impossible"], seed):
+        v = case["vars"]
+        answer = REFUSAL if v["is_impossible"] else v["answers"][0]
+        yield {"id": case["id"], "question": v["question"], "answer": answer}
 
 
 def build_scifact(data: Path, out: Path, seed: int = SEED) -> dict[str, int]:

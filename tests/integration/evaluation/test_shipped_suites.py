@@ -47,7 +47,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_generator_is_deterministic(built: Path, tmp_path: Path) -> None:
     build(DATA, tmp_path)
     written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.jsonl"))
-    assert len(written) == 6
+    assert len(written) == 8
     for path in written:
         assert (tmp_path / path).read_bytes() == (built / path).read_bytes(), path
 
@@ -89,6 +89,22 @@ def test_squad_cases_are_split_by_paragraph(built: Path) -> None:
         (spec,) = case["assert"]
         expected = "refusal" if case["vars"]["is_impossible"] else "containment"
         assert spec["metric"] == expected
+
+
+def test_the_adapter_training_sets_hold_no_scored_case(built: Path) -> None:
+    scored = {c["vars"]["text"] for c in _rows(built / "reviews-json" / "cases.jsonl")}
+    chats = _rows(built / "reviews-json" / "adapter-train.jsonl")
+    assert len(chats) == 400
+    users = [c["messages"][0]["content"] for c in chats]
+    assert not set(users) & scored
+    answers = [json.loads(c["messages"][1]["content"])["sentiment"] for c in chats]
+    assert answers.count("positive") == answers.count("negative") == 200
+
+    held_out = {c["id"] for c in _rows(built / "squad-qa" / "cases.jsonl")}
+    questions = _rows(built / "squad-qa" / "adapter-cases.jsonl")
+    assert len(questions) == 240
+    assert not {q["id"] for q in questions} & held_out
+    assert sum(q["answer"] == "I don't know" for q in questions) == 120
 
 
 def _ingest_subset(settings: Settings, corpus: Path, ids: set[str], collection: str) -> None:
