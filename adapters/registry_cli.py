@@ -124,9 +124,19 @@ def register(
     alias: Annotated[
         str | None, typer.Option(help="also point this alias at the new version")
     ] = None,
+    keep_alias: Annotated[
+        bool,
+        typer.Option(
+            "--keep-alias",
+            help="with --alias: leave the alias as it is when it exists already (`make run` "
+            "registers the shipped adapters without undoing a retrained one)",
+        ),
+    ] = False,
 ) -> int:
     """Validate an adapter folder (or a zip / tar.gz of one) and store it as a version."""
     settings = Settings()
+    if keep_alias and not alias:
+        raise InvalidInput("--keep-alias needs --alias ALIAS")
     with _audited(settings, "register", name) as outcome:
         registry = open_registry(settings, with_model=True)
         with tempfile.TemporaryDirectory(prefix="ragtune-upload-") as tmp:
@@ -138,6 +148,11 @@ def register(
             record = registry.register(source, name, description)
         outcome["detail"] = record.ref
     print(f"registered {record.ref} (rank {record.rank}, {record.size_bytes} bytes)")
+    if alias and keep_alias:
+        current = registry.snapshot().aliases.get(alias)
+        if current is not None:
+            print(f"{alias} -> {current.target} (kept)")
+            alias = None
     if alias:
         with _audited(settings, "alias", alias) as outcome:
             moved = registry.set_alias(alias, record.ref)

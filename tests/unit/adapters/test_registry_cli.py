@@ -76,6 +76,28 @@ def test_cli_register_alias_rollback_list_delete(
     assert log[0]["detail"] == a
 
 
+def test_register_keep_alias_leaves_an_existing_alias_alone(
+    tiny_model: TinyModel,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("RAGTUNE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("RAGTUNE_LLM__MODEL", str(tiny_model.path))
+    alpha, beta = (str(tiny_model.adapters[n]) for n in ("alpha", "beta"))
+    # The first time, the alias is made; afterwards (a retrained version aliased), it is kept.
+    assert run_cli("register", alpha, "--name", "sql", "--alias", "prod", "--keep-alias") == 0
+    first = capsys.readouterr().out.split()[1]
+    assert run_cli("register", beta, "--name", "sql", "--alias", "prod") == 0
+    second = capsys.readouterr().out.split()[1]
+    assert run_cli("register", alpha, "--name", "sql", "--alias", "prod", "--keep-alias") == 0
+    assert f"prod -> {second} (kept)" in capsys.readouterr().out
+    assert run_cli("aliases", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["prod"]["target"] == second != first
+    assert run_cli("register", alpha, "--name", "sql", "--keep-alias") == 2
+    assert "--keep-alias needs --alias" in capsys.readouterr().err
+
+
 def test_cli_list_on_an_empty_registry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
