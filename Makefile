@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 VLLM_VENV ?= .venv-vllm
 export VLLM_VENV := $(abspath $(VLLM_VENV))
 
-.PHONY: setup vllm-venv browser model run test test-fast lint docs bench bench-generate bench-api bench-hotswap evals eval-cases eval-reviews eval-squad eval-scifact clean
+.PHONY: setup vllm-venv browser model shipped-adapters run test test-fast lint docs bench bench-generate bench-api bench-hotswap evals eval-cases eval-reviews eval-squad eval-scifact adapters-trained adapter-review-json adapter-grounded-qa clean
 
 $(BIN)/ragtune: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +30,15 @@ model: setup
 
 # The main job: prepare the default model (once), ingest the project's own docs/, serve the
 # API on embedded Qdrant and the embedded engine; it prints the URL, a curl and an openai example.
-run: setup
-	$(BIN)/ragtune model prepare
+run: shipped-adapters
 	$(BIN)/ragtune ingest docs --collection docs --prune
 	$(BIN)/ragtune serve
+
+# The two adapters in trained/ (trained by ragtune on ../shared/data, see trained/README.md),
+# registered and aliased; an alias that exists already (a retrained version) is kept.
+shipped-adapters: model
+	$(BIN)/ragtune adapters register trained/review-json --name review-json --alias review-json --keep-alias
+	$(BIN)/ragtune adapters register trained/grounded-qa --name grounded-qa --alias grounded-qa --keep-alias
 
 # The shipped suites in evals/ on ../shared/data and the default model; each writes its report
 # to .ragtune/evals/<suite>/ (report.html to open). EVAL_ARGS goes to `ragtune eval run`, e.g.
@@ -56,6 +61,33 @@ eval-squad: model eval-cases
 eval-scifact: model eval-cases
 	$(BIN)/ragtune ingest $(EVAL_DATA)/scifact/corpus.jsonl --collection scifact --no-progress
 	$(BIN)/ragtune eval run evals/scifact-retrieval/suite.yaml --out .ragtune/evals/scifact-retrieval $(EVAL_ARGS)
+
+# Reproduce the shipped adapters from ../shared/data with a fixed seed: train on the standard
+# stack (TRL), register and alias the result, run the suite that measures it (its gates must
+# hold), then copy the adapter, its training report and the suite's summary into trained/.
+TRAIN_ARGS ?=
+adapters-trained: adapter-review-json adapter-grounded-qa
+
+adapter-review-json: model eval-cases
+	rm -rf .ragtune/trained/review-json
+	$(BIN)/ragtune adapters train --data evals/reviews-json/adapter-train.jsonl \
+	  --out .ragtune/trained/review-json --epochs 2 --seed 0 --no-progress \
+	  --register review-json --alias review-json $(TRAIN_ARGS)
+	$(BIN)/ragtune eval run evals/reviews-json/suite.yaml --out .ragtune/evals/reviews-json $(EVAL_ARGS)
+	cp .ragtune/trained/review-json/* trained/review-json/
+	cp .ragtune/evals/reviews-json/summary.json trained/review-json/eval-summary.json
+
+adapter-grounded-qa: model eval-cases
+	rm -rf .ragtune/trained/grounded-qa
+	$(BIN)/ragtune ingest evals/squad-qa/corpus --collection squad --prune --no-progress
+	$(BIN)/ragtune dataset build --route qa --cases evals/squad-qa/adapter-cases.jsonl \
+	  --out .ragtune/trained/grounded-qa.jsonl
+	$(BIN)/ragtune adapters train --data .ragtune/trained/grounded-qa.jsonl \
+	  --out .ragtune/trained/grounded-qa --epochs 2 --seed 0 --max-length 1024 --no-progress \
+	  --register grounded-qa --alias grounded-qa $(TRAIN_ARGS)
+	$(BIN)/ragtune eval run evals/squad-qa/suite.yaml --out .ragtune/evals/squad-qa $(EVAL_ARGS)
+	cp .ragtune/trained/grounded-qa/* trained/grounded-qa/
+	cp .ragtune/evals/squad-qa/summary.json trained/grounded-qa/eval-summary.json
 
 lint: setup
 	$(BIN)/ruff check .

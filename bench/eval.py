@@ -95,7 +95,8 @@ def write_suite(folder: Path, n: int) -> Path:
     rows = []
     for i in range(n):
         topic = TOPICS[i % len(TOPICS)]
-        question = ASKS[(i // len(TOPICS)) % len(ASKS)].format(t=topic, i=i)
+        # Numbered: every case is distinct, so a cache-on run misses on every case.
+        question = f"{ASKS[(i // len(TOPICS)) % len(ASKS)].format(t=topic, i=i)} (#{i})"
         rows.append({"id": f"c{i}", "vars": {"question": question, "topic": topic}})
     (folder / "cases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     suite = {
