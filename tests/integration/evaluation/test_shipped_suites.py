@@ -146,6 +146,11 @@ def test_a_limited_run_of_each_suite_completes_on_the_tiny_model(
     monkeypatch.setenv("RAGTUNE_DATA_DIR", str(settings.data_dir))
     monkeypatch.setenv("RAGTUNE_LLM__MODEL", str(tiny_model.path))
     monkeypatch.setenv("RAGTUNE_LLM__DTYPE", "float32")
+    # The shipped routes' adapters (trained/ holds them for the default model): a real LoRA
+    # adapter of the tiny model answers under each alias, as `make run` would register them.
+    for alias in ("review-json", "grounded-qa"):
+        path = str(tiny_model.adapters["alpha"])
+        assert main(["adapters", "register", path, "--name", alias, "--alias", alias]) == 0
     out = tmp_path / "report"
 
     code = main(
@@ -160,6 +165,12 @@ def test_a_limited_run_of_each_suite_completes_on_the_tiny_model(
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["strategies"]) == [s.name for s in strategies]
     assert (out / "report.html").stat().st_size > 0
+    # The adapter strategies were answered by the adapter, the others by the base model.
+    answered = {r["strategy"]: r["output"]["adapter"] for r in results}
+    expected_adapters = {"adapter": "review-json@", "rag+adapter": "grounded-qa@"}
+    for strategy, adapter in answered.items():
+        prefix = expected_adapters.get(strategy)
+        assert (adapter or "").startswith(prefix) if prefix else adapter is None, strategy
     if name == "scifact-retrieval":
         # Retrieval answered each case, whatever the model says.
         for r in results:
