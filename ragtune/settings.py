@@ -311,6 +311,20 @@ class AdapterSettings(_Section):
     )
 
 
+class CaptureSettings(_Section):
+    """Captured answers and feedback (routes opt in with `capture`), written off the request
+    path under `<data_dir>/captures/` and `<data_dir>/feedback/`."""
+
+    queue_size: int = Field(
+        default=1_000,
+        ge=1,
+        le=1_000_000,
+        description="Records waiting for the writer thread; past it a captured answer is "
+        "dropped and counted (`ragtune_capture_dropped_total`) rather than slowing the "
+        "request, and feedback gets 503 with `Retry-After`.",
+    )
+
+
 class IngestSettings(_Section):
     """`ragtune ingest`: where documents go and how they are written."""
 
@@ -345,7 +359,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         default=Path(".ragtune"),
         description="Where ragtune keeps its data: embedded Qdrant, prepared models, the "
-        "adapter registry.",
+        "adapter registry, captured answers and feedback.",
     )
     qdrant: QdrantSettings = QdrantSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
@@ -356,6 +370,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     admin: AdminSettings = AdminSettings()
     adapters: AdapterSettings = AdapterSettings()
+    capture: CaptureSettings = CaptureSettings()
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

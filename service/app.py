@@ -25,10 +25,13 @@ from ragtune.errors import RagtuneError
 from ragtune.settings import Settings
 from service.admin.gate import GateServices, SuiteGate
 from service.admin.service import AdminService
+from service.capture import Capture
 from service.chat.service import ChatService
 from service.errors import install_error_handlers
+from service.feedback.service import FeedbackService
 from service.heap import frozen_startup_heap
 from service.hotswap.manager import AdapterManager
+from service.journal import Journal
 from service.limits import BodySizeLimit
 from service.metrics import Metrics, RequestMetrics
 from service.rag.retrieval import RetrievalService
@@ -64,6 +67,8 @@ def create_app(
         finally:
             await state.adapters.stop()
             await state.backend.aclose()
+            # Requests are over: what they captured is written before the process ends.
+            await asyncio.to_thread(state.journal.close)
             workers = state.retrieval.workers
             await run_on(workers.store, state.qdrant.close)
             await workers.shutdown()
@@ -82,6 +87,7 @@ def create_app(
         exempt={f"{ADMIN_PREFIX}/adapters/upload": settings.admin.max_upload_bytes},
     )
     from service.chat.router import router as chat_router
+    from service.feedback.router import router as feedback_router
     from service.health.router import router as health_router
     from service.openai_api.router import router as openai_router
     from service.summarize.router import router as summarize_router
@@ -91,6 +97,7 @@ def create_app(
     app.include_router(openai_router)
     app.include_router(chat_router)
     app.include_router(summarize_router)
+    app.include_router(feedback_router)
     app.include_router(health_router)
     if settings.admin.token is not None:
         from service.admin.router import router as admin_router
@@ -99,7 +106,7 @@ def create_app(
     if settings.api.keys:
         from service.auth import document_api_keys
 
-        document_api_keys(app, [chat_router, summarize_router, openai_router])
+        document_api_keys(app, [chat_router, summarize_router, openai_router, feedback_router])
     return app
 
 
@@ -135,7 +142,12 @@ async def _build(
         sync_interval_s=settings.adapters.sync_interval_s,
         drain_timeout_s=settings.adapters.drain_timeout_s,
     )
-    chat = ChatService(routes, retrieval, pool, manager, counter, metrics, settings.api)
+    journal = Journal(settings.capture.queue_size)
+    journal.start()
+    capture = Capture(settings.data_dir, journal, metrics)
+    chat = ChatService(
+        routes, retrieval, pool, manager, counter, metrics, settings.api, capture=capture
+    )
     summarize = SummarizeService(routes, retrieval, pool, manager, counter, metrics, settings.api)
     audit = AuditLog(root / "audit.jsonl")
     gate = (suite_gate, GateServices(settings, routes, manager, chat)) if suite_gate else None
@@ -152,6 +164,10 @@ async def _build(
         chat=chat,
         summarize=summarize,
         admin=AdminService(registry, manager, audit, routes, gate),
+        journal=journal,
+        feedback=FeedbackService(
+            settings.data_dir, journal, metrics, routes, settings.api.request_timeout_s
+        ),
     )
 
 

@@ -15,6 +15,7 @@ from engine.pool import BackendPool
 from ragtune.settings import Settings
 from service.admin.service import AdminService
 from service.chat.service import ChatService
+from service.feedback.service import FeedbackService
 from service.metrics import Metrics
 from service.rag.retrieval import RetrievalService
 from service.routes.schemas import RouteSpec
@@ -57,6 +58,10 @@ async def get_summarize(request: Request) -> SummarizeService:
     return state_of(request).summarize
 
 
+async def get_feedback(request: Request) -> FeedbackService:
+    return state_of(request).feedback
+
+
 async def get_admin(request: Request) -> AdminService:
     return state_of(request).admin
 
@@ -69,3 +74,4 @@ BackendDep = Annotated[BackendPool, Depends(get_backend)]
 ChatDep = Annotated[ChatService, Depends(get_chat)]
 SummarizeDep = Annotated[SummarizeService, Depends(get_summarize)]
 AdminDep = Annotated[AdminService, Depends(get_admin)]
+FeedbackDep = Annotated[FeedbackService, Depends(get_feedback)]

@@ -69,6 +69,26 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.captured = Counter(
+            "ragtune_captured",
+            "Answers captured (written under <data_dir>/captures), by route",
+            ["route"],
+            registry=self.registry,
+        )
+        self.capture_dropped = Counter(
+            "ragtune_capture_dropped",
+            "Answers sampled for capture but not written, by route and why (queue_full: the "
+            "writer is behind, capture.queue_size; write_error: the disk refused)",
+            ["route", "reason"],
+            registry=self.registry,
+        )
+        self.feedback = Counter(
+            "ragtune_feedback",
+            "Feedback recorded (POST /v1/feedback), by rating",
+            ["rating"],
+            registry=self.registry,
+        )
+
     @contextmanager
     def timed(self, route: str, stage: str) -> Iterator[None]:
         """Time a stage into the stage histogram, and into the request's Server-Timing

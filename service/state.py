@@ -12,7 +12,9 @@ from engine.pool import BackendPool
 from ragtune.settings import Settings
 from service.admin.service import AdminService
 from service.chat.service import ChatService
+from service.feedback.service import FeedbackService
 from service.hotswap.manager import AdapterManager
+from service.journal import Journal
 from service.metrics import Metrics
 from service.rag.retrieval import RetrievalService
 from service.routes.schemas import RouteSpec
@@ -33,3 +35,6 @@ class AppState:
     chat: ChatService
     summarize: SummarizeService
     admin: AdminService
+    # Captured answers' and feedback's writer thread: drained at shutdown.
+    journal: Journal
+    feedback: FeedbackService

@@ -36,6 +36,7 @@ router = APIRouter(tags=["chat"], route_class=ApiKeyRoute)
 async def chat(body: ChatRequest, service: ChatDep, request: Request) -> Any:
     request.state.route_label = body.route
     call = to_call(body)
+    call.capture = True  # callers' traffic (a route with `capture` records it)
     if body.dry_run:
         return await dry_run(call, service)
     texts = body.include_source_text
@@ -71,6 +72,7 @@ def to_call(body: ChatRequest) -> ChatCall:
 
 def to_response(result: ChatResult, source_text: bool = False) -> ChatResponse:
     return ChatResponse(
+        id=result.id,
         route=result.route,
         adapter=result.adapter,
         answer=result.text,
@@ -97,6 +99,7 @@ async def _events(
         if isinstance(item, SourcesEvent):
             out = StreamEvent(
                 type="sources",
+                id=item.id,
                 route=item.route,
                 adapter=item.adapter,
                 sources=sources_out(item.sources, source_text),
@@ -106,6 +109,7 @@ async def _events(
         else:
             out = StreamEvent(
                 type="done",
+                id=item.id,
                 finish_reason=item.finish_reason,
                 citations=citations_out(item.citations),
                 usage=UsageOut.of(item.usage),

@@ -72,6 +72,8 @@ class UsageOut(BaseModel):
 
 
 class ChatResponse(BaseModel):
+    # The answer's id ("chatcmpl-<hex>", as the OpenAI endpoint's): POST /v1/feedback takes it.
+    id: str
     route: str
     # The adapter version that answered ("name@version"), or None for the base model.
     adapter: str | None
@@ -104,6 +106,8 @@ class StreamEvent(BaseModel):
     """One server-sent event of a streamed chat: sources first, then deltas, then done."""
 
     type: Literal["sources", "delta", "done", "error"]
+    # The answer's id, on the sources and done events.
+    id: str | None = None
     route: str | None = None
     adapter: str | None = None
     sources: list[SourceOut] | None = None

@@ -4,6 +4,7 @@ and check the answer's citation markers against what was retrieved."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ from engine.types import ChatMessage, FinishReason, GenerationRequest, SamplingP
 from ingest.search import FilterValue, Mode
 from ragtune.errors import InvalidInput, UpstreamUnavailable
 from ragtune.settings import ApiSettings
+from service.capture import Capture, new_answer_id
 from service.hotswap.manager import AdapterManager
 from service.metrics import Metrics
 from service.rag.citations import CitationCheck, StreamingCitations
@@ -41,6 +43,9 @@ class ChatCall:
     # place: an eval-gated flip measures the version before the alias points at it. Set only
     # by in-process callers; no HTTP body has this field.
     candidates: Mapping[str, str] = field(default_factory=dict)
+    # Whether a route with `capture` may record the answer: the HTTP endpoints set it (traffic
+    # is training data; in-process evaluations and dataset builds are not).
+    capture: bool = False
 
 
 @dataclass
@@ -64,10 +69,14 @@ class Prepared:
     sources: list[Source]
     # The version held for an evaluation that answers in the alias's place (ChatCall.candidates).
     candidate: str | None = None
+    # The numbered sources, rendered as the templates' {context} (used or not).
+    context: str = ""
 
 
 @dataclass
 class ChatResult:
+    # The answer's id ("chatcmpl-<hex>"): what POST /v1/feedback takes.
+    id: str
     route: str
     adapter: str | None
     text: str
@@ -82,6 +91,7 @@ class ChatResult:
 
 @dataclass
 class SourcesEvent:
+    id: str
     route: str
     adapter: str | None
     sources: list[Source]
@@ -107,6 +117,7 @@ class ChatService:
         counter: TokenCounter,
         metrics: Metrics,
         limits: ApiSettings,
+        capture: Capture | None = None,
     ) -> None:
         self._routes = routes
         self._retrieval = retrieval
@@ -115,9 +126,11 @@ class ChatService:
         self._counter = counter
         self._metrics = metrics
         self._limits = limits
+        self._capture = capture
 
     async def answer(self, call: ChatCall) -> ChatResult:
         """The whole answer, with its sources and citation check."""
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self._limits.request_timeout_s):
                 prepared = await self.prepare(call)
@@ -131,9 +144,18 @@ class ChatService:
             raise self._timed_out() from exc
         check = CitationCheck(len(prepared.sources))
         text = check.clean(completion.text) if self._cites(prepared) else completion.text
-        return self._finish(
-            prepared, ref, text, completion.text, completion.finish_reason, completion.usage, check
+        result = self._finish(
+            new_answer_id(),
+            prepared,
+            ref,
+            text,
+            completion.text,
+            completion.finish_reason,
+            completion.usage,
+            check,
         )
+        self._captured(call, prepared, result, started)
+        return result
 
     async def open_stream(self, call: ChatCall) -> AsyncIterator[ChatEvent]:
         """Prepare now (so a bad request fails before any byte is sent), then stream: sources
@@ -142,17 +164,21 @@ class ChatService:
         The deadline applies to the wait for each piece: a long answer that keeps coming is
         never cut, a backend that stops answering is.
         """
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self._limits.request_timeout_s):
                 prepared = await self.prepare(call)
         except TimeoutError as exc:
             raise self._timed_out() from exc
-        return self._stream(prepared)
+        return self._stream(call, prepared, started)
 
-    async def _stream(self, prepared: Prepared) -> AsyncIterator[ChatEvent]:
+    async def _stream(
+        self, call: ChatCall, prepared: Prepared, started: float
+    ) -> AsyncIterator[ChatEvent]:
         timeout = self._limits.request_timeout_s
+        answer_id = new_answer_id()
         async with self._adapters.lease(prepared.alias, candidate=prepared.candidate) as ref:
-            yield SourcesEvent(prepared.route, ref, prepared.sources)
+            yield SourcesEvent(answer_id, prepared.route, ref, prepared.sources)
             request = prepared.request.model_copy(update={"adapter": ref})
             check = CitationCheck(len(prepared.sources))
             cleaner = StreamingCitations(check) if self._cites(prepared) else None
@@ -177,7 +203,8 @@ class ChatService:
                         sent.append(text)
                         yield DeltaEvent(text)
                     if delta.finish_reason is not None and delta.usage is not None:
-                        yield self._finish(
+                        result = self._finish(
+                            answer_id,
                             prepared,
                             ref,
                             "".join(sent),
@@ -186,6 +213,9 @@ class ChatService:
                             delta.usage,
                             check,
                         )
+                        # Before the last event: a caller gone by then still got the answer.
+                        self._captured(call, prepared, result, started)
+                        yield result
                         return
         raise UpstreamUnavailable("the backend ended the stream before finishing the answer")
 
@@ -264,7 +294,9 @@ class ChatService:
             messages=built, sampling=checked.sampling, json_schema=spec.output.json_schema
         )
         candidate = call.candidates.get(checked.alias) if checked.alias is not None else None
-        return Prepared(call.route, spec, request, checked.alias, sources, candidate)
+        return Prepared(
+            call.route, spec, request, checked.alias, sources, candidate, context=context
+        )
 
     @staticmethod
     def _check_retrieval_overrides(call: ChatCall, spec: RouteSpec) -> None:
@@ -285,8 +317,17 @@ class ChatService:
     def _cites(prepared: Prepared) -> bool:
         return prepared.spec.output.type == "text" and bool(prepared.spec.retrieval)
 
+    def _captured(
+        self, call: ChatCall, prepared: Prepared, result: ChatResult, started: float
+    ) -> None:
+        """Hand a finished answer to capture: only callers' traffic, never an evaluation's
+        held candidate."""
+        if self._capture is not None and call.capture and not call.candidates:
+            self._capture.answered(call.messages, prepared, result, time.perf_counter() - started)
+
     def _finish(
         self,
+        answer_id: str,
         prepared: Prepared,
         ref: str | None,
         text: str,
@@ -303,6 +344,7 @@ class ChatService:
         self._metrics.tokens.labels(route, "out").inc(usage.completion_tokens)
         self._metrics.adapter_use.labels(route, ref or BASE_MODEL).inc()
         return ChatResult(
+            id=answer_id,
             route=route,
             adapter=ref,
             text=text,

@@ -23,6 +23,7 @@ _STARTED = int(time.time())
 async def chat_completions(body: ChatCompletionRequest, chat: ChatDep, request: Request) -> Any:
     request.state.route_label = body.model
     call = service.to_call(body)
+    call.capture = True  # callers' traffic (a route with `capture` records it)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         events = await chat.open_stream(call)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -141,7 +140,7 @@ def _extra(result: ChatResult) -> RagtuneExtra:
 
 def completion(result: ChatResult) -> ChatCompletion:
     return ChatCompletion(
-        id=f"chatcmpl-{uuid.uuid4().hex}",
+        id=result.id,
         created=int(time.time()),
         model=result.route,
         choices=[
@@ -157,9 +156,10 @@ async def chunks(
 ) -> AsyncIterator[dict[str, Any]]:
     """OpenAI's chat.completion.chunk stream: a role chunk, content chunks, a chunk with the
     finish reason (and ragtune's sources, citations and output), the usage chunk if asked
-    (service/sse.py adds the [DONE])."""
+    (service/sse.py adds the [DONE]). Every chunk carries the answer's id (the sources
+    event, which comes first, has it)."""
     base: dict[str, Any] = {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "id": "",
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": model,
@@ -171,6 +171,7 @@ async def chunks(
 
     async for item in events:
         if isinstance(item, SourcesEvent):
+            base["id"] = item.id
             yield chunk({"role": "assistant", "content": ""})
         elif isinstance(item, DeltaEvent):
             yield chunk({"content": item.text})

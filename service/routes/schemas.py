@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import string
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -94,6 +96,33 @@ class SummarizeSpec(_Strict):
     concurrency: int = Field(default=4, ge=1, le=64)
 
 
+class CaptureSpec(_Strict):
+    """Chat routes only: record answers (redacted) as training data under the data directory."""
+
+    # The share of answers recorded, each drawn at random.
+    sample: float = Field(default=1.0, ge=0.0, le=1.0)
+    # Regular expressions (Python's `re`); every match in every recorded text becomes
+    # [REDACTED] before the record is queued for disk.
+    redact: list[str] = Field(default_factory=list)
+
+    @field_validator("redact")
+    @classmethod
+    def _patterns(cls, patterns: list[str]) -> list[str]:
+        for i, pattern in enumerate(patterns):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"redact[{i}] {pattern!r} is not a regular expression ({exc}); "
+                    "write it in Python's re syntax"
+                ) from None
+        return patterns
+
+    @cached_property
+    def patterns(self) -> tuple[re.Pattern[str], ...]:
+        return tuple(re.compile(p) for p in self.redact)
+
+
 class RouteSpec(_Strict):
     """One route: a kind and everything it is made of."""
 
@@ -107,6 +136,8 @@ class RouteSpec(_Strict):
     output: OutputSpec = Field(default_factory=OutputSpec)
     overrides: OverrideSpec = Field(default_factory=OverrideSpec)
     summarize: SummarizeSpec | None = None
+    # Chat routes only; None records nothing.
+    capture: CaptureSpec | None = None
 
     @field_validator("adapter")
     @classmethod
@@ -127,6 +158,8 @@ class RouteSpec(_Strict):
             _check_template(f"prompt.{field}", template, allowed[field])
         if self.kind == "chat" and self.summarize is not None:
             raise ValueError("'summarize' settings are for summarize routes only")
+        if self.kind != "chat" and self.capture is not None:
+            raise ValueError("'capture' is for chat routes only; remove it from this route")
         if self.kind == "summarize":
             if self.summarize is None:
                 self.summarize = SummarizeSpec()
@@ -144,6 +177,12 @@ class RouteSpec(_Strict):
             raise ValueError("overrides.max_top_k needs retrieval")
         return self
 
+    def uses_context(self) -> bool:
+        """Whether the prompt templates take `{context}` (always, on a route that retrieves)."""
+        return any(
+            "context" in _fields(template) for template in (self.prompt.system, self.prompt.user)
+        )
+
     def allows_adapter(self, name: str | None) -> bool:
         """Whether a caller may serve this route with adapter `name` (None = base model)."""
         if name == self.adapter:
@@ -151,9 +190,13 @@ class RouteSpec(_Strict):
         return (name or BASE_MODEL) in self.overrides.adapters
 
 
+def _fields(template: str) -> list[str]:
+    return [f for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
+
+
 def _check_template(where: str, template: str, allowed: frozenset[str]) -> None:
     try:
-        fields = [f for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
+        fields = _fields(template)
     except ValueError as exc:
         raise ValueError(
             f"{where} is not a valid template ({exc}); write literal braces as {{{{ }}}}"

@@ -36,8 +36,9 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/v1/summarize", {"json": {"text": "Apples grow on trees in orchards."}}),
     ("POST", "/v1/chat/completions", {"json": {"model": "chat", "messages": MESSAGES}}),
     ("GET", "/v1/models", {}),
+    ("POST", "/v1/feedback", {"json": {"id": "chatcmpl-" + "c" * 32, "rating": 1}}),
 ]
-IDS = ["chat", "chat-stream", "summarize", "chat-completions", "models"]
+IDS = ["chat", "chat-stream", "summarize", "chat-completions", "models", "feedback"]
 UNAUTHENTICATED = {
     "error": {"message": MISSING_KEY, "type": "authentication_error", "param": None, "code": None}
 }
@@ -133,6 +134,8 @@ def test_either_key_opens_every_endpoint(
         assert response.json()["answer"] == ANSWER
     elif path == "/v1/summarize":
         assert response.json()["summary"] == ANSWER
+    elif path == "/v1/feedback":
+        assert response.json()["recorded"] is True
     else:
         assert response.json()["choices"][0]["message"]["content"] == ANSWER
 
@@ -223,6 +226,7 @@ def test_the_openapi_schema_declares_the_key_on_the_user_endpoints(client: TestC
         ("/v1/summarize", "post"),
         ("/v1/chat/completions", "post"),
         ("/v1/models", "get"),
+        ("/v1/feedback", "post"),
     ]:
         assert paths[path][method]["security"] == [{"apiKey": []}], path
     for path in ("/healthz", "/readyz", "/metrics"):
