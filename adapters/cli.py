@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from adapters.gating import CliGate
+from adapters.registry import check_name
 from adapters.registry_cli import (
     SYNC_NOTE,
     Json,
@@ -20,12 +21,13 @@ from adapters.registry_cli import (
     add_registry_commands,
     open_registry,
 )
+from adapters.registry_cli import register as register_adapter
 from adapters.remote_cli import add_remote_commands
-from adapters.train import TrainOptions
+from adapters.train import LR_SCHEDULERS, TrainOptions
 from engine.model import resolve_base_model
 from ragtune.console import plain_table, print_table
 from ragtune.errors import InvalidInput
-from ragtune.settings import Settings
+from ragtune.settings import VLLM_LORA_RANKS, Settings
 
 if TYPE_CHECKING:
     from adapters.eval_format import FormatScore
@@ -61,13 +63,30 @@ def commands(route_adapters: RouteAdapters, suite_gate: CliGate | None = None) -
 
 
 def train(
-    data: Annotated[Path, typer.Option(help="training JSONL file")],
+    data: Annotated[Path, typer.Option(help="training JSONL: chat or prompt/completion lines")],
     out: Annotated[Path, typer.Option(help="new folder for the adapter")],
     base: Base = None,
+    eval_data: Annotated[
+        Path | None,
+        typer.Option(help="validation JSONL (default: --validation of --data, held out)"),
+    ] = None,
+    validation: Annotated[
+        float, typer.Option(help="fraction of the lines held out for validation (0: none)")
+    ] = _DEFAULTS.validation,
     rank: Annotated[int, typer.Option(help="LoRA rank")] = _DEFAULTS.rank,
     alpha: Annotated[int, typer.Option(help="LoRA alpha")] = _DEFAULTS.alpha,
-    lr: Annotated[float, typer.Option(help="learning rate")] = _DEFAULTS.lr,
-    epochs: int = _DEFAULTS.epochs,
+    dropout: Annotated[float, typer.Option(help="LoRA dropout")] = _DEFAULTS.dropout,
+    target_modules: Annotated[
+        str, typer.Option(help="comma-separated projection layers to adapt")
+    ] = ",".join(_DEFAULTS.target_modules),
+    lr: Annotated[float, typer.Option(help="peak learning rate")] = _DEFAULTS.lr,
+    lr_scheduler: Annotated[
+        str, typer.Option(help=f"learning rate schedule: {', '.join(LR_SCHEDULERS)}")
+    ] = _DEFAULTS.lr_scheduler,
+    warmup_ratio: Annotated[
+        float, typer.Option(help="fraction of the steps warming the learning rate up")
+    ] = _DEFAULTS.warmup_ratio,
+    epochs: Annotated[int, typer.Option(help="passes over the training data")] = (_DEFAULTS.epochs),
     max_steps: Annotated[
         int | None, typer.Option(help="stop after this many steps (overrides epochs)")
     ] = None,
@@ -78,41 +97,86 @@ def train(
     max_length: Annotated[int, typer.Option(help="tokens per example; longer ones are cut")] = (
         _DEFAULTS.max_length
     ),
-    seed: int = _DEFAULTS.seed,
-    target_modules: Annotated[
-        str, typer.Option(help="comma-separated projection layers to adapt")
-    ] = ",".join(_DEFAULTS.target_modules),
+    seed: Annotated[int, typer.Option(help="seeds the split, LoRA init and order")] = (
+        _DEFAULTS.seed
+    ),
+    early_stopping_patience: Annotated[
+        int, typer.Option(help="stop after N epochs without a better validation loss (0: never)")
+    ] = _DEFAULTS.early_stopping_patience,
+    qlora: Annotated[
+        bool, typer.Option("--qlora", help="4-bit base model (bitsandbytes; CUDA only)")
+    ] = False,
+    device: Annotated[
+        str, typer.Option(help="auto (CUDA when present, else CPU), cpu or cuda")
+    ] = _DEFAULTS.device,
+    register: Annotated[
+        str | None,
+        typer.Option(metavar="NAME", help="register the adapter as a version of NAME"),
+    ] = None,
+    alias: Annotated[
+        str | None, typer.Option(help="with --register: point this alias at the new version")
+    ] = None,
+    description: Annotated[
+        str, typer.Option(help="with --register: a line saying what the adapter is for")
+    ] = "",
     no_progress: NoProgress = False,
 ) -> int:
-    """Train a LoRA adapter on chat JSONL ({"messages": [...]} a line)."""
+    """Train a LoRA adapter with TRL on chat ({"messages": [...]}) or prompt/completion JSONL."""
     from adapters.train import train_lora
 
-    settings = Settings()
+    if (alias or description) and not register:
+        raise InvalidInput("--alias and --description go with --register NAME; add it")
+    if register:  # names are checked before training, not after it
+        check_name(register, "adapter name")
+        if alias:
+            check_name(alias, "alias")
     options = TrainOptions(
         rank=rank,
         alpha=alpha,
+        dropout=dropout,
+        target_modules=tuple(t.strip() for t in target_modules.split(",") if t.strip()),
         lr=lr,
+        lr_scheduler=lr_scheduler,
+        warmup_ratio=warmup_ratio,
         epochs=epochs,
         max_steps=max_steps,
         batch_size=batch_size,
         grad_accum=grad_accum,
         max_length=max_length,
         seed=seed,
-        target_modules=tuple(t.strip() for t in target_modules.split(",") if t.strip()),
-        device=settings.llm.device,
+        validation=validation,
+        early_stopping_patience=early_stopping_patience,
+        qlora=qlora,
+        device=device,
     )
-    options.check()
+    settings = Settings()
+    options.check(max_rank=settings.llm.max_lora_rank if register else max(VLLM_LORA_RANKS))
     model = base or resolve_base_model(settings)
     progress = not no_progress and sys.stderr.isatty()
-    report = train_lora(model, data, out, options, progress=progress)
+    report = train_lora(model, data, out, options, eval_data=eval_data, progress=progress)
+    validated = (
+        f"; validation loss {report.best_eval_loss:.4f} (epoch {report.best_epoch} of "
+        f"{len(report.eval_losses)}{', stopped early' if report.stopped_early else ''}) on "
+        f"{report.eval_examples} examples"
+        if report.best_eval_loss is not None
+        else ""
+    )
     print(
-        f"trained {report.steps} steps on {report.examples} examples in {report.seconds:.0f}s: "
-        f"loss {report.initial_loss:.4f} -> {report.final_loss:.4f}; adapter in {report.out}"
+        f"trained {report.steps} steps on {report.examples} examples in {report.seconds:.0f}s "
+        f"({report.device}): loss {report.initial_loss:.4f} -> {report.final_loss:.4f}"
+        f"{validated}; adapter in {report.out}"
     )
     if report.truncated or report.dropped:
         print(
             f"note: {report.truncated} examples were cut at --max-length {options.max_length}, "
             f"{report.dropped} of them lost their whole answer and were skipped"
+        )
+    if register:
+        return register_adapter(
+            report.out,
+            name=register,
+            description=description or f"trained on {data.name} ({report.examples} examples)",
+            alias=alias,
         )
     return 0
 

@@ -1,31 +1,56 @@
-"""Chat-format training data: read and validate JSONL, tokenize with the chat template, and mask
-everything but the assistant's answer."""
+"""Training data: read and validate JSONL (chat or prompt/completion), split off a validation
+set, and tokenize each assistant turn as a prompt/completion pair with the chat template."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
 from engine.types import ChatMessage
 from ragtune.errors import InvalidInput, NotFound
 
-# Label value that PyTorch's cross-entropy ignores: prompt tokens and padding.
-IGNORE = -100
 # Enough to show the pattern of a broken file without flooding the terminal.
 _MAX_REPORTED = 10
+Format = Literal["chat", "prompt/completion", "conversational prompt/completion"]
+_SHAPES: dict[Format, str] = {
+    "chat": '{"messages": [{"role": ..., "content": ...}, ...]}',
+    "prompt/completion": '{"prompt": "...", "completion": "..."}',
+    "conversational prompt/completion": (
+        '{"prompt": [{"role": ..., "content": ...}, ...], '
+        '"completion": [{"role": "assistant", "content": ...}]}'
+    ),
+}
+_FORMATS_HELP = (
+    f"Each line must be {_SHAPES['chat']} with an assistant answer last, or "
+    f"{_SHAPES['prompt/completion']}, or {_SHAPES['conversational prompt/completion']} "
+    f'(one format per file; a "metadata" key is ignored)'
+)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One thing to learn: the prompt as serving sends it, and the assistant turn after it."""
+
+    line: int
+    prompt: tuple[ChatMessage, ...]
+    completion: ChatMessage
 
 
 @dataclass(frozen=True)
 class ChatRecord:
-    """One training example: the conversation, its last message the assistant's answer."""
+    """One line: the conversation, its last message an assistant answer; `targets` are the
+    indices of the assistant turns to learn (every one with a prompt before it for chat lines,
+    only the completion for prompt/completion lines)."""
 
     line: int
     messages: tuple[ChatMessage, ...]
+    targets: tuple[int, ...] = ()
 
     @property
     def prompt(self) -> list[dict[str, str]]:
@@ -35,59 +60,140 @@ class ChatRecord:
     def answer(self) -> str:
         return self.messages[-1].content
 
+    def examples(self) -> list[Example]:
+        """One prompt/completion pair per target assistant turn."""
+        targets = self.targets or (len(self.messages) - 1,)
+        return [Example(self.line, self.messages[:i], self.messages[i]) for i in targets]
+
 
 @dataclass(frozen=True)
 class TokenizedExample:
+    """Token ids of prompt + completion as TRL takes them: `completion_mask` 1 on the tokens
+    the loss is computed on (the answer and its end-of-turn token)."""
+
     line: int
     input_ids: list[int]
-    labels: list[int]
+    completion_mask: list[int]
+    prompt_tokens: int
     truncated: bool
 
     @property
     def answer_tokens(self) -> int:
-        return sum(1 for label in self.labels if label != IGNORE)
+        return sum(self.completion_mask)
+
+
+@dataclass(frozen=True)
+class Split:
+    train: list[ChatRecord]
+    eval: list[ChatRecord]
 
 
 def read_chat_jsonl(path: Path) -> list[ChatRecord]:
-    """Read `{"messages": [...]}` lines; refuse the file with every problem's line number."""
+    """Read training lines of one format; refuse the file with every problem's line number."""
     if not path.is_file():
         raise NotFound(f"training data {path} does not exist")
     records: list[ChatRecord] = []
     problems: list[str] = []
+    first: tuple[int, Format] | None = None
     with path.open(encoding="utf-8") as handle:
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
                 continue
             try:
-                records.append(ChatRecord(number, _parse_line(raw)))
+                kind, record = _parse_line(number, raw)
             except ValueError as exc:
                 problems.append(f"line {number}: {exc}")
+                continue
+            if first is None:
+                first = (number, kind)
+            elif kind != first[1]:
+                problems.append(
+                    f"line {number}: a {kind} line, but line {first[0]} is {first[1]}; "
+                    f"write one format per file"
+                )
+                continue
+            records.append(record)
     if problems:
         shown = "; ".join(problems[:_MAX_REPORTED])
         more = len(problems) - _MAX_REPORTED
         suffix = f" (and {more} more)" if more > 0 else ""
         raise InvalidInput(
-            f"{path} has {len(problems)} invalid line(s): {shown}{suffix}. Each line must be "
-            f'{{"messages": [{{"role": ..., "content": ...}}, ...]}} ending with a non-empty '
-            f"assistant message; fix those lines and run again"
+            f"{path} has {len(problems)} invalid line(s): {shown}{suffix}. {_FORMATS_HELP}; "
+            f"fix those lines and run again"
         )
     if not records:
-        raise InvalidInput(f"{path} holds no examples; write one JSON chat record per line")
+        raise InvalidInput(f"{path} holds no examples; write one JSON training record per line")
     return records
 
 
-def _parse_line(raw: str) -> tuple[ChatMessage, ...]:
+def _parse_line(number: int, raw: str) -> tuple[Format, ChatRecord]:
     try:
         data: Any = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
     if not isinstance(data, dict):
         raise ValueError(f"expected a JSON object, got {type(data).__name__}")
-    if "messages" not in data:
-        raise ValueError('missing "messages"')
-    items = data["messages"]
+    has_chat, has_pair = "messages" in data, "prompt" in data or "completion" in data
+    if has_chat and has_pair:
+        raise ValueError('both "messages" and "prompt"/"completion"; keep one of them')
+    if has_chat:
+        return "chat", _chat(number, data["messages"])
+    if has_pair:
+        return _prompt_completion(number, data)
+    raise ValueError('missing "messages" (or "prompt" and "completion")')
+
+
+def _chat(number: int, items: Any) -> ChatRecord:
     if not isinstance(items, list) or not items:
         raise ValueError('"messages" must be a non-empty list')
+    messages = _messages(items, "message")
+    if messages[-1].role != "assistant":
+        raise ValueError(f"the last message is {messages[-1].role!r}; it must be the assistant's")
+    if len(messages) < 2:
+        raise ValueError("there is no prompt before the assistant's answer")
+    # Every assistant turn with something before it is learned; an opening assistant turn
+    # (a greeting) stays as context only.
+    targets = tuple(i for i, m in enumerate(messages) if m.role == "assistant" and i > 0)
+    for i in targets:
+        if not messages[i].content.strip():
+            raise ValueError(f"message {i}: the assistant's answer is empty")
+    return ChatRecord(number, messages, targets)
+
+
+def _prompt_completion(number: int, data: dict[str, Any]) -> tuple[Format, ChatRecord]:
+    if "prompt" not in data or "completion" not in data:
+        missing = "prompt" if "prompt" not in data else "completion"
+        raise ValueError(f'missing "{missing}"')
+    prompt, completion = data["prompt"], data["completion"]
+    if isinstance(prompt, str) and isinstance(completion, str):
+        if not prompt.strip():
+            raise ValueError('"prompt" is empty')
+        if not completion.strip():
+            raise ValueError('"completion" is empty')
+        # ragtune serves chat: a text prompt is the user's message, rendered with the chat
+        # template, so the adapter learns the prompt it will be served.
+        messages: tuple[ChatMessage, ...] = (
+            ChatMessage(role="user", content=prompt),
+            ChatMessage(role="assistant", content=completion),
+        )
+        return "prompt/completion", ChatRecord(number, messages, (1,))
+    if isinstance(prompt, list) and isinstance(completion, list):
+        if not prompt:
+            raise ValueError('"prompt" must be a non-empty list of messages')
+        turns = _messages(prompt, "prompt message")
+        answer = _messages(completion, "completion message")
+        if len(answer) != 1 or answer[0].role != "assistant":
+            raise ValueError('"completion" must be one assistant message')
+        if not answer[0].content.strip():
+            raise ValueError("the assistant's answer is empty")
+        messages = (*turns, answer[0])
+        return "conversational prompt/completion", ChatRecord(
+            number, messages, (len(messages) - 1,)
+        )
+    raise ValueError('"prompt" and "completion" must both be strings or both be lists of messages')
+
+
+def _messages(items: list[Any], what: str) -> tuple[ChatMessage, ...]:
     messages: list[ChatMessage] = []
     for index, item in enumerate(items):
         try:
@@ -95,27 +201,44 @@ def _parse_line(raw: str) -> tuple[ChatMessage, ...]:
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
-            raise ValueError(f"message {index}: {where}: {first['msg']}") from None
-    if messages[-1].role != "assistant":
-        raise ValueError(f"the last message is {messages[-1].role!r}; it must be the assistant's")
-    if not messages[-1].content.strip():
-        raise ValueError("the assistant's answer is empty")
-    if len(messages) < 2:
-        raise ValueError("there is no prompt before the assistant's answer")
+            raise ValueError(f"{what} {index}: {where}: {first['msg']}") from None
     return tuple(messages)
 
 
-def tokenize_record(
-    tokenizer: Any, record: ChatRecord, max_length: int, end_ids: set[int]
+def split_records(records: list[ChatRecord], fraction: float, seed: int, source: Path) -> Split:
+    """A seeded split by line (so the turns of one conversation stay on one side): `fraction`
+    of the lines, rounded, held out for validation; 0 holds out nothing."""
+    if fraction == 0:
+        return Split(list(records), [])
+    held = math.floor(len(records) * fraction + 0.5)
+    if held < 1 or len(records) - held < 2:
+        raise InvalidInput(
+            f"{source} has {len(records)} example line(s): too few to hold out {fraction:.0%} "
+            f"for validation and keep at least 2 to train on; add examples, pass held-out "
+            f"examples with --eval-data FILE, or train without validation (--validation 0)"
+        )
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    held_out = set(order[:held])
+    return Split(
+        [r for i, r in enumerate(records) if i not in held_out],
+        [r for i, r in enumerate(records) if i in held_out],
+    )
+
+
+def tokenize_example(
+    tokenizer: Any, example: Example, max_length: int, end_ids: set[int]
 ) -> TokenizedExample:
-    """Token ids of the whole chat; labels only on the answer and its end-of-turn token."""
-    prompt = _chat_ids(tokenizer, record.prompt, add_generation_prompt=True)
-    full = _chat_ids(
-        tokenizer, [*record.prompt, record.messages[-1].model_dump()], add_generation_prompt=False
+    """The prompt exactly as serving renders it (chat template, generation prompt), then the
+    answer up to its end-of-turn token; cut at `max_length`."""
+    history = [m.model_dump() for m in example.prompt]
+    prompt = chat_ids(tokenizer, history, add_generation_prompt=True)
+    full = chat_ids(
+        tokenizer, [*history, example.completion.model_dump()], add_generation_prompt=False
     )
     if full[: len(prompt)] != prompt:
         raise InvalidInput(
-            f"line {record.line}: the chat template renders the prompt differently with and "
+            f"line {example.line}: the chat template renders the prompt differently with and "
             f"without the answer, so the answer tokens cannot be told apart; use a base model "
             f"whose template only appends the assistant turn"
         )
@@ -127,14 +250,18 @@ def tokenize_record(
             answer = answer[: index + 1]
             break
     input_ids = prompt + answer
-    labels = [IGNORE] * len(prompt) + answer
-    truncated = len(input_ids) > max_length
+    mask = [0] * len(prompt) + [1] * len(answer)
     return TokenizedExample(
-        record.line, input_ids[:max_length], labels[:max_length], truncated=truncated
+        example.line,
+        input_ids[:max_length],
+        mask[:max_length],
+        prompt_tokens=len(prompt),
+        truncated=len(input_ids) > max_length,
     )
 
 
-def _chat_ids(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> Any:
+def chat_ids(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> Any:
+    """Token ids of `messages` through the tokenizer's chat template, as the engines render."""
     encoded = tokenizer.apply_chat_template(
         messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=True
     )
@@ -146,40 +273,3 @@ def end_of_turn_ids(tokenizer: Any, generation_eos: int | list[int] | None) -> s
     ids = set(generation_eos if isinstance(generation_eos, list) else [generation_eos])
     ids.add(tokenizer.eos_token_id)
     return {int(i) for i in ids if i is not None}
-
-
-def pad_batch(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, Any]:
-    """Left-pad a batch into tensors: input_ids, attention_mask, position_ids, labels.
-
-    Left padding puts every answer at the end of its row, so the model only needs to compute
-    logits for the last few positions (the output head is a quarter of a small model's work).
-    Explicit position ids keep each row's positions as if it were alone.
-    """
-    import torch
-
-    width = max(len(e.input_ids) for e in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    positions = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, example in enumerate(examples):
-        n = len(example.input_ids)
-        input_ids[row, width - n :] = torch.tensor(example.input_ids)
-        labels[row, width - n :] = torch.tensor(example.labels)
-        mask[row, width - n :] = 1
-        positions[row, width - n :] = torch.arange(n)
-    return {
-        "input_ids": input_ids,
-        "attention_mask": mask,
-        "position_ids": positions,
-        "labels": labels,
-    }
-
-
-def answer_span(examples: Sequence[TokenizedExample]) -> int:
-    """How many last positions of a left-padded batch hold every labelled token."""
-    return max(len(e.labels) - _first_label(e) for e in examples)
-
-
-def _first_label(example: TokenizedExample) -> int:
-    return next(i for i, label in enumerate(example.labels) if label != IGNORE)

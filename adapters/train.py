@@ -1,37 +1,50 @@
-"""Train a LoRA adapter on chat JSONL with a plain PyTorch loop, in a form vLLM can serve."""
+"""Train a LoRA adapter with TRL's SFTTrainer and PEFT, in a form vLLM can serve."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import importlib.util
 import json
-import math
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from adapters.dataset import (
-    IGNORE,
+    ChatRecord,
+    Split,
     TokenizedExample,
-    answer_span,
     end_of_turn_ids,
-    pad_batch,
     read_chat_jsonl,
-    tokenize_record,
+    split_records,
+    tokenize_example,
 )
 from engine.lora import LoraInfo, check_servable, read_lora_config
 from ragtune.errors import AdapterError, InvalidInput, NotFound
 from ragtune.settings import VLLM_LORA_RANKS
 
 REPORT_FILE = "training.json"
+# What the output folder holds: PEFT's two files (vLLM loads them as they are) and the report.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+# transformers' schedules that need no extra arguments.
+LR_SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+)
+DEVICES = ("auto", "cpu", "cuda")
 # final_loss averages this many last steps: one step's loss depends on which batch it saw.
 _FINAL_WINDOW = 10
 
@@ -46,14 +59,24 @@ class TrainOptions:
     rank_pattern: Mapping[str, int] = field(default_factory=dict)
     alpha_pattern: Mapping[str, float] = field(default_factory=dict)
     lr: float = 2e-4
-    epochs: int = 1
+    lr_scheduler: str = "linear"
+    # The first fraction of the steps warms the learning rate up from 0.
+    warmup_ratio: float = 0.0
+    epochs: int = 3
     # When set, training stops after this many optimizer steps (looping over the data).
     max_steps: int | None = None
     batch_size: int = 4
     grad_accum: int = 1
     max_length: int = 256
     seed: int = 0
-    device: str = "cpu"
+    # The fraction of the data's lines held out for validation (0: none) without eval_data.
+    validation: float = 0.2
+    # Stop after this many epochs without a lower validation loss (0: never stop early).
+    early_stopping_patience: int = 2
+    # 4-bit base weights (bitsandbytes, CUDA only), LoRA on top.
+    qlora: bool = False
+    # auto: CUDA when torch sees a device, else the CPU.
+    device: str = "auto"
 
     def check(self, max_rank: int = max(VLLM_LORA_RANKS), name: str = "the new adapter") -> None:
         """Refuse what cannot train or what vLLM could not serve (with `max_rank`, the
@@ -68,26 +91,33 @@ class TrainOptions:
                 f"no target modules: vLLM serves LoRA on attention and MLP projections; use "
                 f"e.g. {','.join(DEFAULT_TARGETS)}"
             )
-        limits = {
-            "alpha": self.alpha > 0,
-            "dropout": 0 <= self.dropout < 1,
-            "lr": 0 < self.lr < 1,
-            "epochs": self.epochs >= 1,
-            "max_steps": self.max_steps is None or self.max_steps >= 1,
-            "batch_size": self.batch_size >= 1,
-            "grad_accum": self.grad_accum >= 1,
-            "max_length": self.max_length >= 8,
-            "rank_pattern": all(isinstance(r, int) and r >= 1 for r in self.rank_pattern.values()),
-            "alpha_pattern": all(a > 0 for a in self.alpha_pattern.values()),
+        rules = {
+            "alpha": (self.alpha > 0, "positive"),
+            "dropout": (0 <= self.dropout < 1, "in [0, 1)"),
+            "lr": (0 < self.lr < 1, "in (0, 1)"),
+            "lr_scheduler": (self.lr_scheduler in LR_SCHEDULERS, f"one of {LR_SCHEDULERS}"),
+            "warmup_ratio": (0 <= self.warmup_ratio < 1, "in [0, 1)"),
+            "epochs": (self.epochs >= 1, "positive"),
+            "max_steps": (self.max_steps is None or self.max_steps >= 1, "positive"),
+            "batch_size": (self.batch_size >= 1, "positive"),
+            "grad_accum": (self.grad_accum >= 1, "positive"),
+            "max_length": (self.max_length >= 8, "at least 8"),
+            "validation": (0 <= self.validation < 1, "in [0, 1)"),
+            "early_stopping_patience": (self.early_stopping_patience >= 0, "0 or more"),
+            "device": (self.device in DEVICES, f"one of {DEVICES}"),
+            "rank_pattern": (
+                all(isinstance(r, int) and r >= 1 for r in self.rank_pattern.values()),
+                "positive integers",
+            ),
+            "alpha_pattern": (all(a > 0 for a in self.alpha_pattern.values()), "positive"),
         }
-        wrong = [key for key, ok in limits.items() if not ok]
+        wrong = [
+            f"{key}={getattr(self, key)!r} (must be {rule})"
+            for key, (ok, rule) in rules.items()
+            if not ok
+        ]
         if wrong:
-            values = ", ".join(f"{key}={getattr(self, key)}" for key in wrong)
-            raise InvalidInput(
-                f"invalid training options: {values}; alpha, lr, epochs, max_steps, batch_size, "
-                f"grad_accum and the rank_pattern and alpha_pattern values must be positive, "
-                f"dropout in [0, 1), max_length at least 8"
-            )
+            raise InvalidInput(f"invalid training options: {'; '.join(wrong)}")
         # The same servability rule as the registry and the engines apply to saved adapters.
         planned = LoraInfo(
             rank=self.rank,
@@ -100,55 +130,205 @@ class TrainOptions:
         )
         check_servable(planned, name, max_rank)
 
+    def to_json(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["target_modules"] = list(self.target_modules)
+        return values
+
 
 @dataclass(frozen=True)
 class TrainReport:
+    """What training.json holds: the data, the options, the losses, the time and versions."""
+
     out: Path
+    base_model: str
+    data: Path
+    data_sha256: str
+    eval_data: Path | None
+    options: TrainOptions
+    # Prompt/completion pairs trained on and validated on (after dropping those cut away).
     examples: int
+    eval_examples: int
+    # Pairs longer than max_length (cut), and those of them left with no answer (skipped).
     truncated: int
     dropped: int
     answer_tokens: int
     steps: int
+    # The training loss of each optimizer step.
+    losses: tuple[float, ...]
     initial_loss: float
     final_loss: float
+    # The validation loss after each epoch; the adapter saved is the best epoch's.
+    eval_losses: tuple[float, ...]
+    best_eval_loss: float | None
+    best_epoch: int | None
+    stopped_early: bool
     seconds: float
-    data_sha256: str
-    losses: tuple[float, ...]
+    device: str
+    versions: Mapping[str, str]
 
-    def to_json(self, options: TrainOptions, base_model: str, data: Path) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         report = dataclasses.asdict(self)
-        report["out"] = str(self.out)
-        report["losses"] = [round(x, 5) for x in self.losses]
-        return {"base_model": base_model, "data": str(data), "options": _options(options), **report}
-
-
-def _options(options: TrainOptions) -> dict[str, Any]:
-    values = dataclasses.asdict(options)
-    values["target_modules"] = list(options.target_modules)
-    return values
+        report.update(
+            out=str(self.out),
+            data=str(self.data),
+            eval_data=None if self.eval_data is None else str(self.eval_data),
+            options=self.options.to_json(),
+            losses=[round(x, 5) for x in self.losses],
+            eval_losses=[round(x, 5) for x in self.eval_losses],
+            versions=dict(self.versions),
+        )
+        return report
 
 
 def train_lora(
-    base_model: str, data: Path, out: Path, options: TrainOptions, *, progress: bool = False
+    base_model: str,
+    data: Path,
+    out: Path,
+    options: TrainOptions,
+    *,
+    eval_data: Path | None = None,
+    progress: bool = False,
 ) -> TrainReport:
-    """Train a LoRA adapter for `base_model` on `data`; write it and training.json to `out`."""
+    """Train a LoRA adapter for `base_model` on `data` (validated on `eval_data`, else on a
+    held-out part of `data`); write it and training.json to `out`."""
     options.check(name=out.name)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InvalidInput(f"{out} already exists and is not empty; choose a new folder for it")
     records = read_chat_jsonl(data)
+    if eval_data is not None:
+        split = Split(records, read_chat_jsonl(eval_data))
+    else:
+        split = split_records(records, options.validation, options.seed, data)
+    device = _device(options)
     started = time.monotonic()
+    with _quiet():
+        tokenizer, model = _load(base_model, options, device)
+        end_ids = end_of_turn_ids(tokenizer, model.generation_config.eos_token_id)
+        train_set = _tokenize(tokenizer, split.train, options, end_ids)
+        eval_set = _tokenize(tokenizer, split.eval, options, end_ids)
+        train_kept = _kept(train_set, options, "training")
+        eval_kept = _kept(eval_set, options, "validation") if eval_set else []
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # Checkpoints (one an epoch, for the best epoch's reload) live beside `out` until done.
+        with tempfile.TemporaryDirectory(
+            dir=out.parent, prefix=f".{out.name}.", suffix=".train", ignore_cleanup_errors=True
+        ) as work:
+            trainer = _trainer(
+                model, tokenizer, train_kept, eval_kept, options, device, Path(work), progress
+            )
+            trainer.train()
+            losses, eval_losses = _losses(trainer.state.log_history)
+            best = min(range(len(eval_losses)), key=eval_losses.__getitem__, default=None)
+            report = TrainReport(
+                out=out,
+                base_model=base_model,
+                data=data,
+                data_sha256=hashlib.sha256(data.read_bytes()).hexdigest(),
+                eval_data=eval_data,
+                options=options,
+                examples=len(train_kept),
+                eval_examples=len(eval_kept),
+                truncated=sum(e.truncated for e in train_set + eval_set),
+                dropped=len(train_set) + len(eval_set) - len(train_kept) - len(eval_kept),
+                answer_tokens=sum(e.answer_tokens for e in train_kept),
+                steps=int(trainer.state.global_step),
+                losses=losses,
+                initial_loss=losses[0],
+                final_loss=sum(losses[-_FINAL_WINDOW:]) / len(losses[-_FINAL_WINDOW:]),
+                eval_losses=eval_losses,
+                best_eval_loss=None if best is None else eval_losses[best],
+                best_epoch=None if best is None else best + 1,
+                stopped_early=trainer.state.global_step < trainer.state.max_steps,
+                seconds=round(time.monotonic() - started, 2),
+                device=device,
+                versions=_versions(),
+            )
+            _save(trainer.model, out, report.to_json())
+    return report
 
+
+def _losses(history: list[dict[str, Any]]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The training loss of each step and the validation loss of each epoch, from HF's log."""
+    return (
+        tuple(float(h["loss"]) for h in history if "loss" in h),
+        tuple(float(h["eval_loss"]) for h in history if "eval_loss" in h),
+    )
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """No progress bars but ours (loading, dataset preparation) and no known warnings."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    shown = datasets.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        with warnings.catch_warnings():
+            # PEFT calls a transformers API that transformers 5 renamed; harmless to v6.
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+            yield
+    finally:
+        if shown[0]:
+            datasets.enable_progress_bars()
+        if shown[1]:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def _device(options: TrainOptions) -> str:
+    """The device to train on, and the refusals of what it cannot do (before loading)."""
     import torch
-    from peft import LoraConfig, get_peft_model
+
+    cuda = torch.cuda.is_available()
+    if options.device == "cuda" and not cuda:
+        raise InvalidInput(
+            f"--device cuda: torch {torch.__version__} sees no CUDA device; train on the CPU "
+            f"with --device cpu"
+        )
+    device = "cuda" if options.device == "cuda" or (options.device == "auto" and cuda) else "cpu"
+    if options.qlora:
+        if device != "cuda":
+            why = "--device cpu was asked for" if cuda else "torch sees no CUDA device here"
+            raise InvalidInput(
+                f"--qlora loads the base model in 4 bits with bitsandbytes, which needs CUDA, "
+                f"and {why}; train without --qlora"
+            )
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise InvalidInput(
+                "--qlora needs the bitsandbytes package, which is not installed: "
+                "`pip install bitsandbytes`, or train without --qlora"
+            )
+    return device
+
+
+def _bf16(device: str) -> bool:
+    import torch
+
+    # On CPU, fp32: bf16 loses the small LoRA updates there and is rarely faster.
+    return device == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def _load(base_model: str, options: TrainOptions, device: str) -> tuple[Any, Any]:
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.manual_seed(options.seed)
+    dtype = torch.bfloat16 if _bf16(device) else torch.float32
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if options.qlora:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        kwargs["device_map"] = {"": 0}  # a 4-bit model is placed at load and cannot move
     try:
         tokenizer = AutoTokenizer.from_pretrained(base_model, local_files_only=True)
-        # fp32 even for bf16 checkpoints: CPU training in bf16 loses the small LoRA updates.
-        model = AutoModelForCausalLM.from_pretrained(
-            base_model, dtype=torch.float32, local_files_only=True
-        )
+        model = AutoModelForCausalLM.from_pretrained(base_model, local_files_only=True, **kwargs)
     except OSError as exc:
         raise NotFound(
             f"base model {base_model!r} could not be loaded ({str(exc).splitlines()[0]}); pass "
@@ -156,18 +336,86 @@ def train_lora(
         ) from exc
     if tokenizer.chat_template is None:
         raise InvalidInput(f"base model {base_model!r} has no chat template to format the data")
+    return tokenizer, model
 
-    end_ids = end_of_turn_ids(tokenizer, model.generation_config.eos_token_id)
-    tokenized = [tokenize_record(tokenizer, r, options.max_length, end_ids) for r in records]
-    examples = [e for e in tokenized if e.answer_tokens > 0]
-    if not examples:
+
+def _tokenize(
+    tokenizer: Any, records: list[ChatRecord], options: TrainOptions, end_ids: set[int]
+) -> list[TokenizedExample]:
+    return [
+        tokenize_example(tokenizer, example, options.max_length, end_ids)
+        for record in records
+        for example in record.examples()
+    ]
+
+
+def _kept(
+    examples: list[TokenizedExample], options: TrainOptions, which: str
+) -> list[TokenizedExample]:
+    kept = [e for e in examples if e.answer_tokens > 0]
+    if not kept:
         raise InvalidInput(
-            f"every example's prompt is longer than max_length={options.max_length} tokens, so "
-            f"no answer token is left to learn; raise --max-length"
+            f"every {which} example's prompt is at least max_length={options.max_length} "
+            f"tokens long, so no answer token is left to learn; raise --max-length"
         )
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(end_ids)
+    return kept
 
-    config = LoraConfig(
+
+def _trainer(
+    model: Any,
+    tokenizer: Any,
+    train: list[TokenizedExample],
+    held_out: list[TokenizedExample],
+    options: TrainOptions,
+    device: str,
+    work: Path,
+    progress: bool,
+) -> Any:
+    """TRL's SFTTrainer on pre-tokenized pairs: completion_mask makes the loss the answer's."""
+    from peft import LoraConfig
+    from transformers import EarlyStoppingCallback, PrinterCallback
+
+    # trl's lazy __init__ hides its names from mypy.
+    from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]
+
+    validate = bool(held_out)
+    per_epoch = "epoch" if validate else "no"
+    config = SFTConfig(
+        output_dir=str(work),
+        per_device_train_batch_size=options.batch_size,
+        per_device_eval_batch_size=options.batch_size,
+        gradient_accumulation_steps=options.grad_accum,
+        learning_rate=options.lr,
+        lr_scheduler_type=options.lr_scheduler,
+        warmup_steps=options.warmup_ratio,  # below 1: a fraction of the steps
+        weight_decay=0.0,
+        num_train_epochs=options.epochs,
+        max_steps=options.max_steps or -1,
+        seed=options.seed,
+        data_seed=options.seed,
+        max_length=options.max_length,
+        completion_only_loss=True,
+        logging_strategy="steps",
+        logging_steps=1,
+        eval_strategy=per_epoch,
+        save_strategy=per_epoch,
+        # Adapter weights only; all kept (small), so transformers never rotates them.
+        save_only_model=True,
+        load_best_model_at_end=validate,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        use_cpu=device == "cpu",
+        bf16=_bf16(device),
+        # Small models: the memory it saves is not worth the recomputation.
+        activation_checkpointing=False,
+        dataloader_pin_memory=device == "cuda",
+        disable_tqdm=True,
+        report_to="none",
+    )
+    callbacks: list[Any] = [_progress(progress)]
+    if validate and options.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(options.early_stopping_patience))
+    lora = LoraConfig(
         r=options.rank,
         lora_alpha=options.alpha,
         lora_dropout=options.dropout,
@@ -176,100 +424,74 @@ def train_lora(
         alpha_pattern=dict(options.alpha_pattern),
         task_type="CAUSAL_LM",
     )
-    model = model.to(options.device)  # type: ignore[arg-type]
     try:
-        peft_model: Any = get_peft_model(model, config)
+        trainer = SFTTrainer(
+            model=model,
+            args=config,
+            train_dataset=_dataset(train),
+            eval_dataset=_dataset(held_out) if validate else None,
+            processing_class=tokenizer,
+            peft_config=lora,
+            callbacks=callbacks,
+        )
     except ValueError as exc:
-        raise AdapterError(
-            f"cannot put LoRA on {list(options.target_modules)} in {base_model!r}: {exc}"
-        ) from exc
-    losses = _loop(peft_model, examples, pad_id, options, progress)
-
-    _save(peft_model, out)
-    report = TrainReport(
-        out=out,
-        examples=len(examples),
-        truncated=sum(e.truncated for e in tokenized),
-        dropped=len(tokenized) - len(examples),
-        answer_tokens=sum(e.answer_tokens for e in examples),
-        steps=len(losses),
-        initial_loss=losses[0],
-        final_loss=sum(losses[-_FINAL_WINDOW:]) / len(losses[-_FINAL_WINDOW:]),
-        seconds=round(time.monotonic() - started, 2),
-        data_sha256=hashlib.sha256(data.read_bytes()).hexdigest(),
-        losses=tuple(losses),
-    )
-    document = report.to_json(options, base_model, data)
-    (out / REPORT_FILE).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    return report
+        if "Target module" in str(exc) or "target_modules" in str(exc):
+            raise AdapterError(
+                f"cannot put LoRA on {list(options.target_modules)} in this model: {exc}"
+            ) from exc
+        raise
+    trainer.remove_callback(PrinterCallback)  # it prints every step's log as a dict
+    return trainer
 
 
-def _loop(
-    model: Any,
-    examples: list[TokenizedExample],
-    pad_id: int,
-    options: TrainOptions,
-    progress: bool,
-) -> list[float]:
-    """AdamW over shuffled, padded batches; returns the mean loss of each optimizer step."""
-    import torch
+def _dataset(examples: list[TokenizedExample]) -> Any:
+    from datasets import Dataset
 
-    batches_per_epoch = math.ceil(len(examples) / options.batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / options.grad_accum)
-    total = options.max_steps or steps_per_epoch * options.epochs
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=0.0)
-    order = torch.Generator().manual_seed(options.seed)
-    losses: list[float] = []
-    model.train()
-    bar = tqdm(total=total, desc="train", unit="step", disable=not progress)
-    with bar:
-        while len(losses) < total:
-            perm = torch.randperm(len(examples), generator=order).tolist()
-            batches = [
-                [examples[i] for i in perm[start : start + options.batch_size]]
-                for start in range(0, len(perm), options.batch_size)
-            ]
-            for first in range(0, len(batches), options.grad_accum):
-                group = batches[first : first + options.grad_accum]
-                # Sum over every answer token of the group, divided once: the step's loss is
-                # the mean over answer tokens, as if the group were one batch.
-                count = sum(e.answer_tokens for batch in group for e in batch)
-                step_loss = 0.0
-                for batch in group:
-                    loss = _answer_loss(model, batch, pad_id, options.device) / count
-                    loss.backward()
-                    step_loss += float(loss.detach())
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                losses.append(step_loss)
-                bar.update(1)
-                bar.set_postfix(loss=f"{step_loss:.4f}")
-                if len(losses) >= total:
-                    break
-    model.eval()
-    return losses
-
-
-def _answer_loss(model: Any, batch: list[TokenizedExample], pad_id: int, device: str) -> Any:
-    """Summed cross-entropy of the answer tokens, with logits computed for those positions only."""
-    import torch
-
-    inputs = {k: v.to(device) for k, v in pad_batch(batch, pad_id).items()}
-    labels = inputs.pop("labels")
-    # Position i predicts token i + 1: keep one more logit than labelled positions.
-    keep = answer_span(batch) + 1
-    logits = model(**inputs, logits_to_keep=keep).logits[:, :-1]
-    targets = labels[:, -(keep - 1) :]
-    return torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(),
-        targets.reshape(-1),
-        ignore_index=IGNORE,
-        reduction="sum",
+    return Dataset.from_dict(
+        {
+            "input_ids": [e.input_ids for e in examples],
+            "completion_mask": [e.completion_mask for e in examples],
+        }
     )
 
 
-def _save(model: Any, out: Path) -> None:
+def _progress(enabled: bool) -> Any:
+    """A progress bar of optimizer steps showing the last training and validation loss."""
+    from tqdm import tqdm
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        bar: Any = None
+        shown: dict[str, str] = {}  # noqa: RUF012 (replaced per instance)
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.bar = tqdm(total=state.max_steps, desc="train", unit="step", disable=not enabled)
+            self.shown = {}
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any
+        ) -> None:
+            names = {"loss": "loss", "eval_loss": "val"}
+            self.shown.update({names[k]: f"{v:.4f}" for k, v in (logs or {}).items() if k in names})
+            if self.bar is not None:
+                self.bar.set_postfix(self.shown)
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.bar.close()
+
+    return Progress()
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("torch", "transformers", "trl", "peft")}
+
+
+def _save(model: Any, out: Path, report: dict[str, Any]) -> None:
     """Write beside `out` and rename, so a crash never leaves a half-written adapter there."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
@@ -278,6 +500,10 @@ def _save(model: Any, out: Path) -> None:
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it owner-only; a served adapter is read by others
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
+        for path in tmp.iterdir():
+            if path.name not in ADAPTER_FILES:  # PEFT's model card (README.md)
+                path.unlink()
+        (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         for path in tmp.iterdir():
             path.chmod(0o666 & ~umask)
         check_servable(read_lora_config(tmp), out.name, max(VLLM_LORA_RANKS))
