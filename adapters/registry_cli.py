@@ -111,6 +111,10 @@ def _audited(settings: Settings, action: str, target: str) -> Iterator[dict[str,
     log.append(_actor(), action, target, "ok", outcome["detail"])
 
 
+# The same record for the registry changes made by the layers above (flywheel's sweep, retrain).
+audited = _audited
+
+
 def _followed(settings: Settings) -> None:
     print(f"running servers follow within {settings.adapters.sync_interval_s:g}s")
 

@@ -18,6 +18,7 @@ from adapters import cli as adapters_cli
 from engine import cli as engine_cli
 from engine import generate_cli
 from evaluation import cli as eval_cli
+from flywheel import cli as flywheel_cli
 from ingest import cli as ingest_cli
 from ragtune.console import stderr_console
 from ragtune.errors import InvalidInput, NotFound, RagtuneError
@@ -99,6 +100,15 @@ async def _serve_gate(suite: Path, alias: str, ref: str, services: GateServices)
     return await service_gate(suite, alias, ref, services)
 
 
+def _group(app: typer.Typer, name: str) -> typer.Typer:
+    """The group `name` a package's command tree holds, for a layer above to add commands to
+    (the adapters layer cannot import flywheel's sweep and retrain)."""
+    for info in app.registered_groups:
+        if info.name == name and info.typer_instance is not None:
+            return info.typer_instance
+    raise LookupError(f"no command group {name!r}")
+
+
 def build_app() -> typer.Typer:
     """The whole command tree; building it reads no settings, so `--help` always works."""
     app = typer.Typer(
@@ -116,7 +126,10 @@ def build_app() -> typer.Typer:
     )
     eval_cli.register(evals)
     app.add_typer(ingest_cli.commands(evals))
-    app.add_typer(adapters_cli.commands(_route_adapters, _alias_gate))
+    adapters = adapters_cli.commands(_route_adapters, _alias_gate)
+    flywheel_cli.add_adapter_commands(_group(adapters, "adapters"))
+    app.add_typer(adapters)
+    app.add_typer(flywheel_cli.dataset_commands())
     app.add_typer(engine_cli.commands())
     app.add_typer(generate_cli.commands())
     app.add_typer(service_cli.commands(_serve_gate))

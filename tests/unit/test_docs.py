@@ -24,7 +24,7 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 # docs/api.md give the client's copy of one of RAGTUNE_API__KEYS.
 CLIENT_SIDE = {"RAGTUNE_API_KEY"}
 # `ragtune` commands with subcommands: the command path is two words long.
-GROUPS = {"model", "adapters", "eval", "vllm"}
+GROUPS = {"model", "adapters", "eval", "vllm", "dataset"}
 
 
 @pytest.fixture(scope="module")

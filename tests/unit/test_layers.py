@@ -1,4 +1,5 @@
-"""The package graph has no upward arrow: cli > service > adapters > ingest | engine > ragtune."""
+"""The package graph has no upward arrow: cli > flywheel > evaluation > service > adapters >
+ingest | engine > ragtune."""
 
 from __future__ import annotations
 
@@ -27,7 +28,16 @@ def test_the_package_graph_has_no_upward_arrow() -> None:
 
 def test_the_contract_catches_an_upward_import(tmp_path: Path) -> None:
     """The same contract on a copy of the layout with one upward import: it must break."""
-    for package in ("ragtune", "ingest", "engine", "adapters", "service", "cli"):
+    for package in (
+        "ragtune",
+        "ingest",
+        "engine",
+        "adapters",
+        "service",
+        "evaluation",
+        "flywheel",
+        "cli",
+    ):
         (tmp_path / package).mkdir()
         (tmp_path / package / "__init__.py").write_text("")
     (tmp_path / "engine" / "leak.py").write_text("import service\n")
