@@ -71,9 +71,10 @@ adapters-trained: adapter-review-json adapter-grounded-qa
 adapter-review-json: model eval-cases
 	rm -rf .ragtune/trained/review-json
 	$(BIN)/ragtune adapters train --data evals/reviews-json/adapter-train.jsonl \
-	  --out .ragtune/trained/review-json --epochs 2 --seed 0 --no-progress \
+	  --out .ragtune/trained/review-json --epochs 1 --lr-scheduler constant --seed 0 --no-progress \
 	  --register review-json --alias review-json $(TRAIN_ARGS)
 	$(BIN)/ragtune eval run evals/reviews-json/suite.yaml --out .ragtune/evals/reviews-json $(EVAL_ARGS)
+	mkdir -p trained/review-json
 	cp .ragtune/trained/review-json/* trained/review-json/
 	cp .ragtune/evals/reviews-json/summary.json trained/review-json/eval-summary.json
 
@@ -83,9 +84,11 @@ adapter-grounded-qa: model eval-cases
 	$(BIN)/ragtune dataset build --route qa --cases evals/squad-qa/adapter-cases.jsonl \
 	  --out .ragtune/trained/grounded-qa.jsonl
 	$(BIN)/ragtune adapters train --data .ragtune/trained/grounded-qa.jsonl \
-	  --out .ragtune/trained/grounded-qa --epochs 2 --seed 0 --max-length 1024 --no-progress \
+	  --out .ragtune/trained/grounded-qa --epochs 1 --lr-scheduler constant --seed 0 \
+	  --max-length 1024 --no-progress \
 	  --register grounded-qa --alias grounded-qa $(TRAIN_ARGS)
 	$(BIN)/ragtune eval run evals/squad-qa/suite.yaml --out .ragtune/evals/squad-qa $(EVAL_ARGS)
+	mkdir -p trained/grounded-qa
 	cp .ragtune/trained/grounded-qa/* trained/grounded-qa/
 	cp .ragtune/evals/squad-qa/summary.json trained/grounded-qa/eval-summary.json
 

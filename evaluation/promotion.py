@@ -74,9 +74,12 @@ async def measure(suite: Suite, services: Any, alias: str, ref: str) -> GateVerd
             f"min: 0.9}}"
         )
     target = ServiceTarget(services, {alias: ref})
+    # The cache as `ragtune eval run` keeps it: its key holds the adapter version that answers,
+    # so the candidate's cases always run, and the strategies it does not answer (the baselines
+    # a gate compares with) run once for a whole sweep instead of once per version.
     async with services.adapters.hold(ref):
         outcome = await run_suite(
-            suite, services.settings, RunOptions(use_cache=False, progress=False), target=target
+            suite, services.settings, RunOptions(use_cache=True, progress=False), target=target
         )
     if outcome.interrupted:
         raise asyncio.CancelledError

@@ -128,6 +128,22 @@ def test_admin_flip_happens_when_the_candidate_passes(
     assert "every gate holds" in entry["detail"]
 
 
+def test_a_second_measurement_runs_only_the_candidates_cases(
+    flip: Flip, admin: tuple[TestClient, ScriptedBackend], write_suite: SuiteWriter
+) -> None:
+    client, backend = admin
+    suite = _suite(write_suite, want=flip.candidate)
+    assert _put(client, flip.candidate, suite).status_code == 200
+    first = [r.adapter for r in backend.requests]
+    assert first.count(None) == len(QUESTIONS)  # the `plain` baseline ran
+    # Back to the old version, through the same suite: the version answering `tuned` changed,
+    # so its cases run again; the baseline's answers come from the cache.
+    backend.requests.clear()
+    response = _put(client, flip.current, _suite(write_suite, want=flip.current))
+    assert response.status_code == 200, response.text
+    assert [r.adapter for r in backend.requests] == [flip.current] * len(QUESTIONS)
+
+
 def test_admin_flip_refused_naming_the_failing_gate(
     flip: Flip, admin: tuple[TestClient, ScriptedBackend], write_suite: SuiteWriter
 ) -> None:

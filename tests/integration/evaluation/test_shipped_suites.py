@@ -94,17 +94,17 @@ def test_squad_cases_are_split_by_paragraph(built: Path) -> None:
 def test_the_adapter_training_sets_hold_no_scored_case(built: Path) -> None:
     scored = {c["vars"]["text"] for c in _rows(built / "reviews-json" / "cases.jsonl")}
     chats = _rows(built / "reviews-json" / "adapter-train.jsonl")
-    assert len(chats) == 400
+    assert len(chats) == 200
     users = [c["messages"][0]["content"] for c in chats]
     assert not set(users) & scored
     answers = [json.loads(c["messages"][1]["content"])["sentiment"] for c in chats]
-    assert answers.count("positive") == answers.count("negative") == 200
+    assert answers.count("positive") == answers.count("negative") == 100
 
     held_out = {c["id"] for c in _rows(built / "squad-qa" / "cases.jsonl")}
     questions = _rows(built / "squad-qa" / "adapter-cases.jsonl")
-    assert len(questions) == 240
+    assert len(questions) == 100
     assert not {q["id"] for q in questions} & held_out
-    assert sum(q["answer"] == "I don't know" for q in questions) == 120
+    assert sum(q["answer"] == "I don't know" for q in questions) == 50
 
 
 def _ingest_subset(settings: Settings, corpus: Path, ids: set[str], collection: str) -> None:
