@@ -56,8 +56,11 @@ def failing_gates(summary: dict[str, Any]) -> list[str]:
     return failing
 
 
-async def measure(suite: Suite, services: Any, alias: str, ref: str) -> GateVerdict:
-    """Run `suite` on `services` with `ref` (held loaded meanwhile) answering for `alias`."""
+async def measure(
+    suite: Suite, services: Any, alias: str, ref: str, *, limit: int | None = None
+) -> GateVerdict:
+    """Run `suite` (its first `limit` cases) on `services` with `ref` (held loaded meanwhile)
+    answering for `alias`."""
     where = f"suite {suite.path}"
     uses = candidate_strategies(suite, services.routes, alias)
     if not uses:
@@ -78,9 +81,8 @@ async def measure(suite: Suite, services: Any, alias: str, ref: str) -> GateVerd
     # so the candidate's cases always run, and the strategies it does not answer (the baselines
     # a gate compares with) run once for a whole sweep instead of once per version.
     async with services.adapters.hold(ref):
-        outcome = await run_suite(
-            suite, services.settings, RunOptions(use_cache=True, progress=False), target=target
-        )
+        options = RunOptions(use_cache=True, progress=False, limit=limit)
+        outcome = await run_suite(suite, services.settings, options, target=target)
     if outcome.interrupted:
         raise asyncio.CancelledError
     answered: dict[str, set[str | None]] = {name: set() for name in uses}

@@ -88,6 +88,9 @@ class Scorer:
     ) -> None:
         await self._target.aclose()
 
-    async def score(self, suite: Suite, alias: str, ref: str) -> GateVerdict:
-        """The suite run with `ref` answering for `alias`; the alias itself is untouched."""
-        return await measure(suite, self._target.services, alias, ref)
+    async def score(
+        self, suite: Suite, alias: str, ref: str, *, limit: int | None = None
+    ) -> GateVerdict:
+        """The suite (its first `limit` cases) run with `ref` answering for `alias`; the alias
+        itself is untouched."""
+        return await measure(suite, self._target.services, alias, ref, limit=limit)

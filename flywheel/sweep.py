@@ -115,7 +115,9 @@ def plan_sweep(config: SweepConfig, settings: Settings) -> _Plan:
 
 
 def _scoring_key(config: SweepConfig, suite: Suite, strategy: str) -> str:
-    digest = hashlib.sha256(f"{config.alias}\0{strategy}\0{config.metric}\0".encode())
+    digest = hashlib.sha256(
+        f"{config.alias}\0{strategy}\0{config.metric}\0{config.cases}\0".encode()
+    )
     for path in (suite.path, suite.path.parent / suite.cases):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
@@ -217,7 +219,9 @@ async def _score_all(
         for result in results:
             assert result.ref is not None, "a trained run has a version"
             try:
-                verdict = await scorer.score(plan.suite, config.alias, result.ref)
+                verdict = await scorer.score(
+                    plan.suite, config.alias, result.ref, limit=config.cases
+                )
             except RagtuneError as exc:
                 result.status, result.error = "failed", _describe(exc)
                 continue

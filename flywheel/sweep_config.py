@@ -8,6 +8,7 @@ training options; each combination of the grid is one run, named by its options.
     suite: suite.yaml          # the eval suite; one of its strategies is answered by the alias
     strategy: tuned            # optional: that strategy (default: the first the alias answers)
     metric: pass_rate          # optional: the quality compared (pass_rate or an assert metric)
+    cases: 100                 # optional: score on the suite's first N cases (default: all)
     options: {epochs: 3}       # training options every run shares
     grid: {rank: [8, 16], lr: [1e-4, 2e-4]}
     out: runs                  # optional: default <this file's name>-runs beside it
@@ -48,6 +49,7 @@ class SweepFile(BaseModel):
     suite: str | None = None
     strategy: str | None = None
     metric: str = "pass_rate"
+    cases: int | None = Field(default=None, ge=1)
     base_model: str | None = None
     description: str = ""
     options: dict[str, Any] = Field(default_factory=dict)
@@ -85,6 +87,8 @@ class SweepConfig:
     options: dict[str, Any]
     grid: dict[str, list[Any]]
     out: Path
+    # Score on the suite's first N cases (the suites interleave labels, so a prefix is balanced).
+    cases: int | None = None
 
 
 def read_sweep_file(path: Path) -> SweepFile:
@@ -141,6 +145,7 @@ def resolve(file: SweepFile, path: Path, **given: Any) -> SweepConfig:
         options=dict(values["options"]),
         grid={k: list(v) for k, v in values["grid"].items()},
         out=out,
+        cases=values["cases"],
     )
 
 

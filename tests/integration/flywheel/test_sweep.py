@@ -99,6 +99,13 @@ def test_sweep_aliases_the_best_passing_run_and_resumes_without_training_again(
     assert "fail: gate tuned.pass_rate: 0 is below its bound 1" in out
     assert f"no run passed the suite's gates: qa still serves {ok['ref']}" in out
 
+    # Scored on the suite's first case only (`cases: 1`): scored again, on that one case.
+    write_config(tmp_path, env.write_suite(passing=True), cases=1)
+    assert main(["adapters", "sweep", str(config), "--no-progress"]) == 0
+    assert (runs / ok["run"] / "adapter" / "training.json").stat().st_mtime == training
+    scored = env.registry.get(ok["ref"]).evals["suite:qa suite"]["strategies"]
+    assert [figures["cases"] for figures in scored.values()] == [1] * len(scored)
+
 
 def test_a_bad_sweep_stops_before_training_with_exit_2(
     env: Flywheel, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -101,6 +101,7 @@ def test_an_option_out_of_range_is_refused_by_trainings_own_check(tmp_path: Path
         ({"name": "bad name"}, "name 'bad name' is not allowed"),
         ({"gird": {}}, "field 'gird': unknown key"),
         ({"grid": {"rank": 8}}, "field 'grid.rank': Input should be a valid list"),
+        ({"cases": 0}, "field 'cases': Input should be greater than or equal to 1"),
     ],
 )
 def test_a_bad_sweep_file_is_refused_naming_the_field(
@@ -115,6 +116,11 @@ def test_paths_are_relative_to_the_file_and_must_exist(tmp_path: Path) -> None:
         load(write(tmp_path, data="missing.jsonl"))
     config = load(write(tmp_path, eval_data="train.jsonl"))
     assert config.eval_data == tmp_path / "train.jsonl"
+
+
+def test_cases_limits_the_scoring_to_the_suites_first_cases(tmp_path: Path) -> None:
+    assert load(write(tmp_path)).cases is None
+    assert load(write(tmp_path, cases=40)).cases == 40
 
 
 def test_not_yaml_is_refused(tmp_path: Path) -> None:
