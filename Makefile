@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 VLLM_VENV ?= .venv-vllm
 export VLLM_VENV := $(abspath $(VLLM_VENV))
 
-.PHONY: setup vllm-venv browser model shipped-adapters run test test-fast lint docs bench bench-generate bench-api bench-hotswap evals eval-cases eval-reviews eval-squad eval-scifact adapters-trained adapter-review-json adapter-grounded-qa clean
+.PHONY: setup vllm-venv browser model shipped-adapters run test test-fast lint docs bench bench-generate bench-api bench-hotswap evals eval-cases eval-reviews eval-squad eval-scifact adapters-trained adapter-review-json adapter-grounded-qa sweep-review-json clean
 
 $(BIN)/ragtune: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -91,6 +91,10 @@ adapter-grounded-qa: model eval-cases
 	mkdir -p trained/grounded-qa
 	cp .ragtune/trained/grounded-qa/* trained/grounded-qa/
 	cp .ragtune/evals/squad-qa/summary.json trained/grounded-qa/eval-summary.json
+
+# A grid of review-json configurations scored by its suite (trained/sweep-review-json.yaml).
+sweep-review-json: model eval-cases
+	$(BIN)/ragtune adapters sweep trained/sweep-review-json.yaml --no-progress
 
 lint: setup
 	$(BIN)/ruff check .

@@ -23,6 +23,10 @@ the first --ragtune-cpus cores, vLLM-CPU on the others; `--no-pin` shares them a
 
     python -m bench.eval [--model DIR] [--cases 200] [--rounds 3] [--max-tokens 8]
                          [--vllm-cases 200] [--no-rag] [--no-vllm] [--ragtune-cpus 1 | --no-pin]
+                         [--engine embedded | scripted]
+
+`--engine scripted` answers every case at once with a fixed text: what is left is the runner's
+and the chat path's own time per case, in milliseconds (the percentage then has no meaning).
 """
 
 from __future__ import annotations
@@ -121,8 +125,8 @@ class TimedTarget(InProcessTarget):
     """The in-process target, noting when each case's call starts: at concurrency 1 the time
     from one start to the next is one whole case through the runner."""
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: Settings, backends: Any = None) -> None:
+        super().__init__(settings, backends)
         self.settings = settings
         self.starts: list[float] = []
 
@@ -249,7 +253,7 @@ async def overhead(
     strategies = ["plain"] if args.no_rag else ["plain", "rag"]
     results: dict[str, dict[str, Sample]] = {}
     async with AsyncExitStack() as stack:
-        target = TimedTarget(settings)
+        target = TimedTarget(settings, _scripted_engine() if args.engine == "scripted" else None)
         stack.push_async_callback(target.aclose)
         await target.start()
         for name in strategies:
@@ -268,6 +272,13 @@ async def overhead(
                     samples[mode].add(*await modes[mode]())
             results[name] = samples
     return results
+
+
+def _scripted_engine() -> Any:
+    """An engine that answers at once with a fixed text (tests' ScriptedBackend): the runner's
+    and the chat path's own milliseconds, with no model in them."""
+    scripted = importlib.import_module("tests.fixtures.scripted_backend")
+    return lambda settings: [scripted.ScriptedBackend("Hybrid retrieval [1] answers it.")]
 
 
 async def concurrency(
@@ -346,6 +357,13 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=8, help="new tokens per answer")
     parser.add_argument("--concurrency", type=int, default=8, help="the level compared with 1")
     parser.add_argument("--no-rag", action="store_true", help="skip route chat (retrieval)")
+    parser.add_argument(
+        "--engine",
+        choices=["embedded", "scripted"],
+        default="embedded",
+        help="the overhead part's engine: the model, or a fixed answer at no cost (the runner's "
+        "own milliseconds)",
+    )
     parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM-CPU part")
     parser.add_argument(
         "--ragtune-cpus", type=int, default=1, help="cores for this process; the rest: vLLM"
@@ -415,7 +433,7 @@ def main() -> None:
     )
     print()
     print(
-        f"## Runner overhead per case, embedded engine, concurrency 1 ({args.cases} cases x "
+        f"## Runner overhead per case, {args.engine} engine, concurrency 1 ({args.cases} cases x "
         f"{args.rounds} rounds per mode; target < {TARGET_OVERHEAD:.0%})"
     )
     print()
