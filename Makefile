@@ -71,7 +71,7 @@ adapters-trained: adapter-review-json adapter-grounded-qa
 adapter-review-json: model eval-cases
 	rm -rf .ragtune/trained/review-json
 	$(BIN)/ragtune adapters train --data evals/reviews-json/adapter-train.jsonl \
-	  --out .ragtune/trained/review-json --epochs 1 --lr-scheduler constant --seed 0 --no-progress \
+	  --out .ragtune/trained/review-json --epochs 1 --lr 5e-4 --lr-scheduler constant --seed 0 --no-progress \
 	  --register review-json --alias review-json $(TRAIN_ARGS)
 	$(BIN)/ragtune eval run evals/reviews-json/suite.yaml --out .ragtune/evals/reviews-json $(EVAL_ARGS)
 	mkdir -p trained/review-json
