@@ -84,7 +84,7 @@ adapter-grounded-qa: model eval-cases
 	$(BIN)/ragtune dataset build --route qa --cases evals/squad-qa/adapter-cases.jsonl \
 	  --out .ragtune/trained/grounded-qa.jsonl
 	$(BIN)/ragtune adapters train --data .ragtune/trained/grounded-qa.jsonl \
-	  --out .ragtune/trained/grounded-qa --epochs 1 --lr-scheduler constant --batch-size 2 --seed 0 \
+	  --out .ragtune/trained/grounded-qa --epochs 1 --lr-scheduler constant --seed 0 \
 	  --max-length 1024 --no-progress \
 	  --register grounded-qa --alias grounded-qa $(TRAIN_ARGS)
 	$(BIN)/ragtune eval run evals/squad-qa/suite.yaml --out .ragtune/evals/squad-qa $(EVAL_ARGS)

@@ -30,8 +30,6 @@ SQUAD_HELD_OUT = 1 / 3
 # minutes, not hours.
 REVIEWS_ADAPTER_TRAIN = 200
 SQUAD_ADAPTER_TRAIN = 100
-# Of which impossible: half taught a 0.5B model to refuse 27 of 40 answerable questions.
-SQUAD_ADAPTER_IMPOSSIBLE = 0.3
 REFUSAL = "I don't know"
 
 Row = dict[str, Any]
@@ -182,18 +180,9 @@ def build_squad(data: Path, out: Path, seed: int = SEED) -> dict[str, int]:
 
 
 def _qa_cases(rest: Sequence[Row], n: int, seed: int) -> Iterable[Row]:
-    """The grounded-qa adapter's questions, for `ragtune dataset build --route qa`: answerable
-    ones with their first gold answer, SQUAD_ADAPTER_IMPOSSIBLE of them impossible with
-    exactly the refusal, drawn with `seed` and interleaved."""
-    impossible = round(n * SQUAD_ADAPTER_IMPOSSIBLE)
-    rng = random.Random(seed)
-    drawn: list[Row] = []
-    for is_impossible, count in ((False, n - impossible), (True, impossible)):
-        pool = [c for c in rest if c["vars"]["is_impossible"] is is_impossible]
-        rng.shuffle(pool)
-        drawn += pool[:count]
-    rng.shuffle(drawn)
-    for case in drawn:
+    """The grounded-qa adapter's questions, for `ragtune dataset build --route qa`: half
+    answerable (the first gold answer), half impossible (exactly the refusal)."""
+    for case in _balanced(rest, n, lambda c: c["vars"]["is_impossible"], seed):
         v = case["vars"]
         answer = REFUSAL if v["is_impossible"] else v["answers"][0]
         yield {"id": case["id"], "question": v["question"], "answer": answer}
