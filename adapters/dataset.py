@@ -88,6 +88,18 @@ class Split:
     eval: list[ChatRecord]
 
 
+def invalid_lines(path: Path, problems: list[str], expected: str) -> InvalidInput:
+    """One error for a JSONL file's bad lines: how many, the first few ("line N: why"), and
+    what a line should be (`expected`)."""
+    shown = "; ".join(problems[:_MAX_REPORTED])
+    more = len(problems) - _MAX_REPORTED
+    suffix = f" (and {more} more)" if more > 0 else ""
+    return InvalidInput(
+        f"{path} has {len(problems)} invalid line(s): {shown}{suffix}. {expected}; fix those "
+        f"lines and run again"
+    )
+
+
 def read_chat_jsonl(path: Path) -> list[ChatRecord]:
     """Read training lines of one format; refuse the file with every problem's line number."""
     if not path.is_file():
@@ -114,13 +126,7 @@ def read_chat_jsonl(path: Path) -> list[ChatRecord]:
                 continue
             records.append(record)
     if problems:
-        shown = "; ".join(problems[:_MAX_REPORTED])
-        more = len(problems) - _MAX_REPORTED
-        suffix = f" (and {more} more)" if more > 0 else ""
-        raise InvalidInput(
-            f"{path} has {len(problems)} invalid line(s): {shown}{suffix}. {_FORMATS_HELP}; "
-            f"fix those lines and run again"
-        )
+        raise invalid_lines(path, problems, _FORMATS_HELP)
     if not records:
         raise InvalidInput(f"{path} holds no examples; write one JSON training record per line")
     return records

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adapters.dataset import invalid_lines
 from ragtune.errors import InvalidInput, NotFound
 
 _KEYS = ("question", "answer", "id")
 # Enough to show the pattern of a broken file without flooding the terminal.
-_MAX_REPORTED = 10
 
 
 @dataclass(frozen=True)
@@ -49,13 +49,10 @@ def read_build_cases(path: Path) -> list[BuildCase]:
         seen[case.id] = number
         cases.append(case)
     if problems:
-        shown = "; ".join(problems[:_MAX_REPORTED])
-        more = len(problems) - _MAX_REPORTED
-        suffix = f" (and {more} more)" if more > 0 else ""
-        raise InvalidInput(
-            f"{path} has {len(problems)} invalid line(s): {shown}{suffix}. Each line must be "
-            f'{{"question": "...", "answer": "...", "id": "..." (optional)}}; fix those lines '
-            f"and run again"
+        raise invalid_lines(
+            path,
+            problems,
+            'Each line must be {"question": "...", "answer": "...", "id": "..." (optional)}',
         )
     if not cases:
         raise InvalidInput(f"{path} holds no cases; write one JSON object per line")
