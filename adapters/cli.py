@@ -23,7 +23,7 @@ from adapters.registry_cli import (
 )
 from adapters.registry_cli import register as register_adapter
 from adapters.remote_cli import add_remote_commands
-from adapters.train import LR_SCHEDULERS, TrainOptions
+from adapters.train_options import LR_SCHEDULERS, TrainOptions
 from engine.model import resolve_base_model
 from ragtune.console import plain_table, print_table
 from ragtune.errors import InvalidInput

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from adapters.gating import record_verdict
 from adapters.registry import Registry
 from adapters.registry_cli import audited, open_registry
-from adapters.train import REPORT_FILE, train_lora
+from adapters.train import train_lora
+from adapters.train_options import REPORT_FILE
 from engine.model import resolve_base_model
 from evaluation.suite import Suite, load_suite
 from flywheel.scoring import Scorer, judged_strategy, quality

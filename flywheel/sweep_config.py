@@ -29,7 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from adapters.records import check_name
-from adapters.train import TrainOptions
+from adapters.train_options import TrainOptions
 from ragtune.errors import InvalidInput, NotFound
 
 _OPTIONS = TypeAdapter(TrainOptions)

@@ -13,7 +13,8 @@ import pytest
 
 from adapters.dataset import end_of_turn_ids, read_chat_jsonl, tokenize_example
 from adapters.eval_format import evaluate_format
-from adapters.train import ADAPTER_FILES, REPORT_FILE, TrainOptions, TrainReport, train_lora
+from adapters.train import train_lora
+from adapters.train_options import ADAPTER_FILES, REPORT_FILE, TrainOptions, TrainReport
 from cli.main import main
 from engine.backend import Backend
 from engine.embedded import EmbeddedBackend

@@ -20,7 +20,8 @@ from adapters.dataset import (
     tokenize_example,
 )
 from adapters.examples import REVIEWS_SYSTEM, Review, read_reviews, split_reviews
-from adapters.train import TrainOptions, train_lora
+from adapters.train import train_lora
+from adapters.train_options import TrainOptions
 from engine.embedded import EmbeddedBackend
 from engine.types import ChatMessage, GenerationRequest, SamplingParams
 from ragtune.errors import AdapterError, InvalidInput

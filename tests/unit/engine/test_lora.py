@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.train import TrainOptions
+from adapters.train_options import TrainOptions
 from adapters.validate import ModelSpec, validate_adapter
 from engine.embedded import EmbeddedBackend
 from engine.lora import CONFIG_FILE, check_servable, read_lora_config
