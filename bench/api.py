@@ -144,7 +144,7 @@ def ingest_docs(settings: Settings) -> None:
     from ingest.pipeline import Ingester, IngestOptions
 
     with open_components(settings) as parts:
-        Ingester(parts.client, parts.embedder, parts.sparse, parts.chunker(settings)).run(
+        Ingester(parts.store, parts.embedder, parts.sparse, parts.chunker(settings)).run(
             [REPO / "docs"], IngestOptions(collection="docs")
         )
 

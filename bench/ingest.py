@@ -17,14 +17,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qdrant_client import QdrantClient
-
 from ingest.chunking import Chunker
 from ingest.documents import LoadReport
 from ingest.embedder import Embedder
 from ingest.loaders import discover, load
 from ingest.pipeline import Ingester, IngestOptions
 from ingest.sparse import SparseEncoder
+from ingest.store import open_store
 from ragtune.settings import Settings
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared/data/scifact/corpus.jsonl"
@@ -79,12 +78,12 @@ def main() -> None:
         embedder.encode(texts)
         bare_s = time.perf_counter() - started
 
-        client = QdrantClient(path=str(workdir / "ragtune-qdrant"))
-        ingester = Ingester(client, embedder, sparse, chunker, settings.ingest.write_batch)
+        ragtune_store = open_store(settings.model_copy(update={"data_dir": workdir}))
+        ingester = Ingester(ragtune_store, embedder, sparse, chunker, settings.ingest.write_batch)
         started = time.perf_counter()
         result = ingester.run([corpus], IngestOptions(collection="bench"))
         ragtune_s = time.perf_counter() - started
-        client.close()
+        ragtune_store.close()
         assert result.chunks_written == len(texts), (result.chunks_written, len(texts))
 
         from langchain_qdrant import QdrantVectorStore

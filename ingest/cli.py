@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from rich.table import Table
 from rich.text import Text
 
+from ingest import store_cli
 from ragtune.console import plain_table, print_table, stderr_console
 from ragtune.settings import Settings
 
@@ -43,6 +44,7 @@ def commands(evals: typer.Typer | None = None) -> typer.Typer:
     evals = evals or typer.Typer(help="Measure quality.", no_args_is_help=True)
     evals.command("retrieval", no_args_is_help=True)(eval_retrieval)
     app.add_typer(evals, name="eval", rich_help_panel=_PANEL)
+    app.add_typer(store_cli.commands(), name="store", rich_help_panel=_PANEL)
     return app
 
 
@@ -81,7 +83,6 @@ def ingest(
     """
     from ingest.components import open_components
     from ingest.pipeline import Ingester, IngestOptions
-    from ingest.store import qdrant_errors
 
     settings = Settings()
     opts = IngestOptions(
@@ -93,15 +94,21 @@ def ingest(
         reindex=reindex,
         progress=not no_progress and sys.stderr.isatty(),
     )
-    with qdrant_errors(settings), open_components(settings) as parts:
+    with open_components(settings) as parts:
         ingester = Ingester(
-            parts.client,
+            parts.store,
             parts.embedder,
             parts.sparse,
             parts.chunker(settings),
             settings.ingest.write_batch,
         )
         report = ingester.run(paths, opts)
+        if not report.dry_run and not report.wrote_nothing:
+            # Here, in the ingest process: building the index holds the interpreter for as
+            # long as it takes (97 s at 100k points), which a serving process cannot afford.
+            parts.store.optimize(
+                opts.collection, progress=lambda line: print(line, file=sys.stderr)
+            )
     print_report(report, sys.stdout)
     return 1 if report.has_errors else 0
 
@@ -197,13 +204,12 @@ def search(
     """Print the chunks that best match a query."""
     from ingest.components import open_components
     from ingest.search import Retriever, parse_filters
-    from ingest.store import qdrant_errors
 
     settings = Settings()
     filters = parse_filters(filter_ or [])
     collection = collection or settings.ingest.default_collection
-    with qdrant_errors(settings), open_components(settings) as parts:
-        retriever = Retriever(parts.client, parts.embedder, parts.sparse, collection)
+    with open_components(settings) as parts:
+        retriever = Retriever(parts.store, parts.embedder, parts.sparse, collection)
         hits = retriever.search(query, mode=mode, top_k=top_k, filters=filters)
     if as_json:
         print(
@@ -266,14 +272,13 @@ def eval_retrieval(
     from ingest.components import open_components
     from ingest.evaluation import evaluate, load_beir
     from ingest.search import Retriever, parse_filters
-    from ingest.store import qdrant_errors
 
     settings = Settings()
     queries = load_beir(beir, split)
     filters = parse_filters(filter_ or [])
     collection = collection or settings.ingest.default_collection
-    with qdrant_errors(settings), open_components(settings) as parts:
-        retriever = Retriever(parts.client, parts.embedder, parts.sparse, collection)
+    with open_components(settings) as parts:
+        retriever = Retriever(parts.store, parts.embedder, parts.sparse, collection)
         with Progress(
             "{task.description}",
             BarColumn(),

@@ -6,18 +6,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from qdrant_client import QdrantClient
-
+from ingest.backends.base import VectorStore
 from ingest.chunking import Chunker
 from ingest.embedder import Embedder
 from ingest.sparse import SparseEncoder
-from ingest.store import open_qdrant
+from ingest.store import open_store
 from ragtune.settings import Settings
 
 
 @dataclass
 class Components:
-    client: QdrantClient
+    store: VectorStore
     embedder: Embedder
     sparse: SparseEncoder
 
@@ -27,11 +26,11 @@ class Components:
 
 @contextmanager
 def open_components(settings: Settings) -> Iterator[Components]:
-    """Qdrant client, embedder and sparse encoder; the client is closed on exit."""
+    """The store, the embedder and the sparse encoder; the store is closed on exit."""
     embedder = Embedder.load(settings.embedding)
     sparse = SparseEncoder(settings.sparse)
-    client = open_qdrant(settings)
+    store = open_store(settings)
     try:
-        yield Components(client=client, embedder=embedder, sparse=sparse)
+        yield Components(store=store, embedder=embedder, sparse=sparse)
     finally:
-        client.close()
+        store.close()

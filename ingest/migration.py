@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from qdrant_client import models
-
+from ingest.backends.base import NewPoint
 from ingest.documents import Document
-from ingest.store import Collection, DocState, point_id
+from ingest.schema import point_id
+from ingest.store import Collection, DocState
 
 
 @dataclass
@@ -78,28 +78,31 @@ def migrate(collection: Collection, moves: list[Move], batch_points: int) -> Non
 
 
 def _move(collection: Collection, batch: list[Move]) -> None:
-    copies: list[models.PointStruct] = []
+    copies: list[NewPoint] = []
     for move in batch:
         if not move.copy:
             continue
         doc = move.doc
         for record in collection.points(move.old_ids):
             payload = {
-                **(record.payload or {}),
+                **record.payload,
                 "doc_id": doc.doc_id,
                 "source": doc.source,
                 "content_hash": doc.content_hash(),
             }
+            if record.dense is None or record.sparse is None:
+                continue
             copies.append(
-                models.PointStruct(
+                NewPoint(
                     id=point_id(doc.doc_id, int(payload["chunk_index"])),
-                    vector=record.vector or {},
+                    dense=record.dense,
+                    sparse=record.sparse,
                     payload=payload,
                 )
             )
     collection.upsert(copies)
     # Only after the copies are stored: a kill in between leaves both, and the next run
     # finds the new points complete and deletes the old.
-    kept = {str(p.id) for p in copies}
+    kept = {p.id for p in copies}
     gone = {i for m in batch for i in (*m.old_ids, *m.partial)} - kept
     collection.delete(sorted(gone))

@@ -12,6 +12,7 @@ absolute paths are migrated on the next ingest of the same root (ingest/migratio
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,24 +21,17 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from qdrant_client import QdrantClient, models
 from tqdm import tqdm
 
+from ingest.backends.base import NewPoint, VectorStore
 from ingest.chunking import Chunk, Chunker
 from ingest.documents import Document, LoadReport
 from ingest.embedder import Embedder
 from ingest.loaders import discover, load, relative_source
 from ingest.migration import Move, migrate, plan_migration
+from ingest.schema import SCHEMA_VERSION, point_id
 from ingest.sparse import SparseEncoder
-from ingest.store import (
-    DENSE,
-    SCHEMA_VERSION,
-    SPARSE,
-    Collection,
-    DocState,
-    compare_manifest,
-    point_id,
-)
+from ingest.store import Collection, DocState, compare_manifest
 
 # How file documents are identified, as recorded in the manifest's `ids` (absent before).
 ID_SCHEME = "relative-to-root"
@@ -101,13 +95,13 @@ class Ingester:
 
     def __init__(
         self,
-        client: QdrantClient,
+        store: VectorStore,
         embedder: Embedder,
         sparse: SparseEncoder,
         chunker: Chunker,
         write_batch: int = 256,
     ) -> None:
-        self.client = client
+        self.store = store
         self.embedder = embedder
         self.sparse = sparse
         self.chunker = chunker
@@ -125,18 +119,20 @@ class Ingester:
     def run(self, paths: Sequence[str | Path], opts: IngestOptions) -> IngestReport:
         started = time.perf_counter()
         report = IngestReport(collection=opts.collection, dry_run=opts.dry_run)
-        collection = Collection(self.client, opts.collection)
+        collection = Collection(self.store, opts.collection)
         roots = [Path(p).resolve() for p in paths]
         files = discover(paths, opts.include, opts.exclude, report.load)
         docs = self._unique(load(files, report.load), report.load)
 
         state: dict[str, DocState] = {}
         stored: dict[str, Any] | None = None
+        # A rebuild goes into a new collection that replaces the old at once when complete:
+        # the old one serves until then, and stays whole if the rebuild fails or is killed.
+        target = collection
         if collection.exists():
             if opts.reindex:
                 report.reindexed = True
-                if not opts.dry_run:
-                    collection.drop()
+                target = Collection(self.store, self.store.staging_name(collection.name))
             else:
                 stored = collection.manifest()
                 compare_manifest(collection.name, stored, self.manifest())
@@ -154,11 +150,10 @@ class Ingester:
             for item in pending:
                 item.chunks = self.chunker.split(item.doc)
                 report.chunks_written += len(item.chunks)
+        elif target is not collection:
+            self._rebuild(target, collection, pending, roots, opts.progress, report)
         else:
-            final = {
-                **self.manifest(),
-                "ids": {"scheme": ID_SCHEME, "roots": [r.as_posix() for r in roots]},
-            }
+            final = self._final_manifest(roots)
             if pending or removed_ids or moves:
                 marker = {
                     **(stored or final),
@@ -177,6 +172,35 @@ class Ingester:
         report.points_deleted = deleted
         report.seconds = time.perf_counter() - started
         return report
+
+    def _final_manifest(self, roots: Sequence[Path]) -> dict[str, Any]:
+        return {
+            **self.manifest(),
+            "ids": {"scheme": ID_SCHEME, "roots": [r.as_posix() for r in roots]},
+        }
+
+    def _rebuild(
+        self,
+        staging: Collection,
+        collection: Collection,
+        pending: list[_Pending],
+        roots: Sequence[Path],
+        progress: bool,
+        report: IngestReport,
+    ) -> None:
+        """Every document into `staging`, then `staging` published as `collection`."""
+        final = self._final_manifest(roots)
+        staging.create({**final, "in_progress": {"rebuild_of": collection.name}}, self.embedder.dim)
+        try:
+            self._write(staging, pending, progress, report)
+            staging.set_manifest(final)
+            self.store.publish(staging.name, collection.name)
+        except BaseException:
+            # The old collection is untouched; the half-built one goes (a kill leaves it for
+            # the store to remove: Edge when it opens, a server's by its `.build-` name).
+            with contextlib.suppress(Exception):
+                staging.drop()
+            raise
 
     def _save_manifest(
         self, collection: Collection, exists: bool, manifest: dict[str, Any]
@@ -305,12 +329,10 @@ class Ingester:
         for item in batch:
             for chunk in item.chunks:
                 points.append(
-                    models.PointStruct(
+                    NewPoint(
                         id=point_id(item.doc.doc_id, chunk.index),
-                        vector={
-                            DENSE: dense[row].tolist(),
-                            SPARSE: self.sparse.encode_document(chunk.embed_text),
-                        },
+                        dense=dense[row].tolist(),
+                        sparse=self.sparse.encode_document(chunk.embed_text),
                         payload=self._payload(item, chunk),
                     )
                 )

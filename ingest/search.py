@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
-from qdrant_client import QdrantClient, models
-
+from ingest.backends.base import Filters, FilterValue, Mode, ScoredPoint, Search, VectorStore
 from ingest.embedder import Embedder
 from ingest.sparse import SparseEncoder
-from ingest.store import DENSE, SPARSE, Collection
+from ingest.store import Collection
 from ragtune.errors import ConfigMismatch, InvalidInput
 
-Mode = Literal["dense", "sparse", "hybrid"]
 MODES: tuple[Mode, ...] = ("dense", "sparse", "hybrid")
-FilterValue = str | int | bool
+__all__ = ["MODES", "FilterValue", "Filters", "Hit", "Mode", "Retriever", "build_filter"]
 # Hybrid fuses this many candidates per side for every result asked for.
 _CANDIDATES_PER_RESULT = 3
 # Chunks fetched per document wanted when results are grouped by document.
@@ -44,15 +42,15 @@ class Retriever:
 
     def __init__(
         self,
-        client: QdrantClient,
+        store: VectorStore,
         embedder: Embedder,
         sparse: SparseEncoder,
         collection: str,
     ) -> None:
-        self.client = client
+        self.store = store
         self.embedder = embedder
         self.sparse = sparse
-        self.collection = Collection(client, collection)
+        self.collection = Collection(store, collection)
         self.collection.require()
         manifest = self.collection.manifest() or {}
         built_with = (manifest.get("embedder") or {}).get("model")
@@ -91,56 +89,33 @@ class Retriever:
             raise InvalidInput(f"top_k must be at least 1, got {top_k}")
         if mode != "dense" and self._sparse_mismatch:
             raise ConfigMismatch(self._sparse_mismatch + "; use --mode dense or rebuild it")
-        query_filter = build_filter(filters or {})
-        dense: list[float] = []
+        checked = build_filter(filters or {})
+        dense: list[float] | None = None
         if mode != "sparse":
             dense = list(dense_vector) if dense_vector is not None else self.embed_query(query)
-        args: dict[str, Any] = {
-            "query_filter": query_filter,
-            "limit": top_k,
-            "with_payload": True,
-            "score_threshold": score_threshold,
-        }
-        if mode == "hybrid":
-            depth = top_k * _CANDIDATES_PER_RESULT
-            args["prefetch"] = [
-                models.Prefetch(
-                    query=dense,
-                    using=DENSE,
-                    limit=depth,
-                    filter=query_filter,
-                ),
-                models.Prefetch(
-                    query=self.sparse.encode_query(query),
-                    using=SPARSE,
-                    limit=depth,
-                    filter=query_filter,
-                ),
-            ]
-            args["query"] = models.FusionQuery(fusion=models.Fusion.RRF)
-        elif mode == "dense":
-            args.update(query=dense, using=DENSE)
-        else:
-            args.update(query=self.sparse.encode_query(query), using=SPARSE)
+        search = Search(
+            mode=mode,
+            limit=top_k,
+            dense=dense,
+            sparse=self.sparse.encode_query(query) if mode != "dense" else None,
+            filters=checked,
+            depth=top_k * _CANDIDATES_PER_RESULT,
+            score_threshold=score_threshold,
+        )
         if not per_document:
-            points = self.client.query_points(self.collection.name, **args).points
-            return [_hit(p) for p in points]
-        return self._best_per_document(args, top_k)
+            return [_hit(p) for p in self.store.search(self.collection.name, search)]
+        return self._best_per_document(search, top_k)
 
-    def _best_per_document(self, args: dict[str, Any], top_k: int) -> list[Hit]:
+    def _best_per_document(self, search: Search, top_k: int) -> list[Hit]:
         """The best chunk of each of the `top_k` best documents.
 
         Fetches ranked chunks and keeps each document's first, fetching deeper until enough
-        documents are found, as Qdrant's server-side grouping does; done here because the
-        embedded mode's grouping copies every payload in the collection.
+        documents are found, as Qdrant's server-side grouping does (the same on every store).
         """
         depth = top_k * _CHUNKS_PER_DOCUMENT
         while True:
-            args["limit"] = depth
-            if "prefetch" in args:
-                for prefetch in args["prefetch"]:
-                    prefetch.limit = depth
-            points = self.client.query_points(self.collection.name, **args).points
+            deeper = replace(search, limit=depth, depth=depth)
+            points = self.store.search(self.collection.name, deeper)
             best: dict[str, Hit] = {}
             for point in points:
                 hit = _hit(point)
@@ -154,31 +129,26 @@ class Retriever:
         return [float(x) for x in self.embedder.encode([query])[0]]
 
 
-Filters = Mapping[str, FilterValue | Sequence[FilterValue]]
+def _hit(point: ScoredPoint) -> Hit:
+    return Hit(id=point.id, score=point.score, payload=point.payload)
 
 
-def _hit(point: models.ScoredPoint) -> Hit:
-    return Hit(id=str(point.id), score=float(point.score), payload=point.payload or {})
-
-
-def build_filter(filters: Filters) -> models.Filter | None:
-    """AND of exact matches; a list of values matches any of them."""
-    if not filters:
-        return None
-    must: list[models.Condition] = []
+def build_filter(filters: Filters) -> dict[str, FilterValue | list[FilterValue]]:
+    """The filters checked: AND of exact matches, a list of values matching any of them."""
+    checked: dict[str, FilterValue | list[FilterValue]] = {}
     for key, value in filters.items():
         if not key:
             raise InvalidInput("a filter needs a field name, as in key=value")
-        match: models.MatchAny | models.MatchValue
-        if isinstance(value, list | tuple):
-            values = list(value)
-            if len({type(v) for v in values}) > 1:
-                raise InvalidInput(f"filter {key!r}: all values must be of one type, got {values}")
-            match = models.MatchAny(any=values)
-        else:
-            match = models.MatchValue(value=value)
-        must.append(models.FieldCondition(key=key, match=match))
-    return models.Filter(must=must)
+        if isinstance(value, str | int | bool):
+            checked[key] = value
+            continue
+        values = list(value)
+        if not values:
+            raise InvalidInput(f"filter {key!r}: give at least one value")
+        if len({type(v) for v in values}) > 1:
+            raise InvalidInput(f"filter {key!r}: all values must be of one type, got {values}")
+        checked[key] = values
+    return checked
 
 
 def parse_filters(items: Sequence[str]) -> dict[str, FilterValue | list[FilterValue]]:

@@ -36,6 +36,26 @@ class QdrantSettings(_Section):
     timeout_s: float = Field(
         default=30.0, gt=0, description="Seconds a request to the Qdrant server may take."
     )
+    embedded: Literal["edge", "local"] = Field(
+        default="edge",
+        description="The embedded engine: `edge` is Qdrant Edge (the server's segment code in "
+        "the process: HNSW, sparse and payload indexes); `local` is qdrant-client's local mode "
+        "(pure Python, brute force, for tests and platforms without an Edge wheel, where "
+        "`edge` falls back to it with a warning).",
+    )
+    hnsw_ef: int = Field(
+        default=256,
+        ge=1,
+        le=4096,
+        description="Candidates an HNSW search keeps (Qdrant's `hnsw_ef`) on the embedded store: "
+        "higher is slower and closer to exact search.",
+    )
+    index_threshold: int = Field(
+        default=20_000,
+        ge=1,
+        description="Points above which the embedded store builds an HNSW index, after an "
+        "ingest (never while serving); below it, search is exact.",
+    )
 
     @field_validator("api_key", mode="before")
     @classmethod
@@ -63,6 +83,22 @@ class EmbeddingSettings(_Section):
         "embedded together.",
     )
     device: str = Field(default="cpu", description="The torch device: `cpu`, `cuda`, ...")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="The embedder's torch dtype. `auto` is `bfloat16` on a CUDA GPU that supports "
+        "it or a CPU with native bf16 (`avx512_bf16` or AMX), else `float32`. Vectors are float32 "
+        "and unit length either way, within cosine 0.9999 of each other: changing it needs no "
+        "reindex.",
+    )
+    # Unset leaves torch's default (one thread per core): bench/embed.py measured it against
+    # 1 thread on this project's 2-core machine (docs/benchmarks.md, "The embed stage").
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="torch threads for each embedding call (questions while serving, chunks "
+        "while ingesting); unset means torch's default, one per core.",
+    )
     # The hub is never contacted unless a deployment explicitly allows it.
     allow_download: bool = Field(
         default=False,

@@ -20,7 +20,7 @@ from engine.pool import BackendPool
 from engine.tokens import TokenCounter
 from ingest.embedder import Embedder
 from ingest.sparse import SparseEncoder
-from ingest.store import is_embedded, open_qdrant
+from ingest.store import open_store
 from ragtune.errors import RagtuneError
 from ragtune.settings import Settings
 from service.admin.gate import GateServices, SuiteGate
@@ -70,7 +70,7 @@ def create_app(
             # Requests are over: what they captured is written before the process ends.
             await asyncio.to_thread(state.journal.close)
             workers = state.retrieval.workers
-            await run_on(workers.store, state.qdrant.close)
+            await run_on(workers.store, state.store.close)
             await workers.shutdown()
 
     app = FastAPI(
@@ -123,11 +123,11 @@ async def _build(
     members = await asyncio.to_thread(backends, settings)
     counter = await asyncio.to_thread(TokenCounter.for_settings, settings)
     pool = BackendPool(members)
-    # Embedded Qdrant reads every point from disk when it opens: off the loop.
-    qdrant = await asyncio.to_thread(open_qdrant, settings)
-    workers = Workers.start(embedded_store=is_embedded(qdrant))
+    # The embedded store replays its write-ahead log when it opens: off the loop.
+    store = await asyncio.to_thread(open_store, settings)
+    workers = Workers.start(embedded_store=store.in_process)
     retrieval = RetrievalService(
-        settings, qdrant, embedder, SparseEncoder(settings.sparse), metrics, workers
+        settings, store, embedder, SparseEncoder(settings.sparse), metrics, workers
     )
     root = settings.adapters_root()
     registry = Registry(
@@ -155,7 +155,7 @@ async def _build(
         settings=settings,
         routes=routes,
         metrics=metrics,
-        qdrant=qdrant,
+        store=store,
         retrieval=retrieval,
         backend=pool,
         registry=registry,
@@ -163,7 +163,7 @@ async def _build(
         audit=audit,
         chat=chat,
         summarize=summarize,
-        admin=AdminService(registry, manager, audit, routes, gate),
+        admin=AdminService(registry, manager, audit, routes, gate, retrieval),
         journal=journal,
         feedback=FeedbackService(
             settings.data_dir, journal, metrics, routes, settings.api.request_timeout_s

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qdrant_client import QdrantClient
-
 from adapters.audit import AuditLog
 from adapters.registry import Registry
 from engine.pool import BackendPool
+from ingest.backends.base import VectorStore
 from ragtune.settings import Settings
 from service.admin.service import AdminService
 from service.chat.service import ChatService
@@ -26,7 +25,7 @@ class AppState:
     settings: Settings
     routes: dict[str, RouteSpec]
     metrics: Metrics
-    qdrant: QdrantClient
+    store: VectorStore
     retrieval: RetrievalService
     backend: BackendPool
     registry: Registry

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from qdrant_client import QdrantClient
 
 from engine.vllm_cpu import VLLMServer, missing_venv_message, serve_vllm, vllm_venv
+from ingest.backends.base import VectorStore
+from ingest.backends.edge import EdgeStore
 from ingest.chunking import Chunker
 from ingest.embedder import Embedder
 from ingest.pipeline import Ingester
@@ -65,23 +66,24 @@ def make_chunker(embedder: Embedder, size: int | None = None, overlap: int = 32)
 
 
 @pytest.fixture
-def qdrant() -> Iterator[QdrantClient]:
-    client = QdrantClient(location=":memory:")
-    yield client
-    client.close()
+def qdrant() -> Iterator[VectorStore]:
+    """The embedded store (Qdrant Edge) in a temporary folder."""
+    store = EdgeStore(":memory:")
+    yield store
+    store.close()
 
 
 @pytest.fixture
-def ingester(qdrant: QdrantClient, embedder: Embedder, sparse: SparseEncoder) -> Ingester:
+def ingester(qdrant: VectorStore, embedder: Embedder, sparse: SparseEncoder) -> Ingester:
     return Ingester(qdrant, embedder, sparse, make_chunker(embedder), write_batch=8)
 
 
 @pytest.fixture(scope="module")
 def ingester_module(embedder: Embedder, sparse: SparseEncoder) -> Iterator[Ingester]:
-    """An ingester on its own in-memory Qdrant, shared by one module's tests."""
-    client = QdrantClient(location=":memory:")
-    yield Ingester(client, embedder, sparse, make_chunker(embedder))
-    client.close()
+    """An ingester on its own embedded store, shared by one module's tests."""
+    store = EdgeStore(":memory:")
+    yield Ingester(store, embedder, sparse, make_chunker(embedder))
+    store.close()
 
 
 @pytest.fixture(scope="session")

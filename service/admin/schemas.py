@@ -56,6 +56,26 @@ class BackendStatus(BaseModel):
     error: str | None
 
 
+class CollectionStatus(BaseModel):
+    name: str
+    points: int
+    # Vectors the HNSW index covers (the rest is searched exactly); None where the store
+    # does not say (a Qdrant server, qdrant-client's local mode).
+    indexed_vectors: int | None
+    segments: int | None
+
+
+class StoreStatus(BaseModel):
+    """The vector store this process reads: `edge` (embedded Qdrant Edge), `local`
+    (qdrant-client's local mode) or `server`."""
+
+    kind: str
+    where: str
+    collections: list[CollectionStatus]
+    # Collections an older embedded store holds that `ragtune store migrate` has not copied.
+    not_migrated: list[str]
+
+
 class Status(BaseModel):
     """What this process serves, against the registry."""
 
@@ -67,6 +87,7 @@ class Status(BaseModel):
     inflight: dict[str, int]
     backends: list[BackendStatus]
     drift: bool
+    store: StoreStatus | None = None
 
 
 class AuditEntries(BaseModel):

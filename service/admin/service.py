@@ -14,10 +14,18 @@ from adapters.audit import AuditLog
 from adapters.gating import GateVerdict, record_verdict, refuse_unless_passed
 from adapters.policy import check_delete, check_unalias
 from adapters.registry import AdapterRecord, AliasRecord, Registry, check_name
+from ingest.backends.base import VectorStore
 from ragtune.errors import InvalidInput, NotFound, RagtuneError
 from service.admin.gate import GateServices, SuiteGate
-from service.admin.schemas import BackendStatus, RegistryListing, Status
+from service.admin.schemas import (
+    BackendStatus,
+    CollectionStatus,
+    RegistryListing,
+    Status,
+    StoreStatus,
+)
 from service.hotswap.manager import AdapterManager
+from service.rag.retrieval import RetrievalService
 from service.routes.loader import route_adapters
 from service.routes.schemas import RouteSpec
 
@@ -32,7 +40,9 @@ class AdminService:
         audit: AuditLog,
         routes: Mapping[str, RouteSpec],
         gate: tuple[SuiteGate, GateServices] | None = None,
+        retrieval: RetrievalService | None = None,
     ) -> None:
+        self.retrieval = retrieval
         self.registry = registry
         self.manager = manager
         self.audit = audit
@@ -210,7 +220,25 @@ class AdminService:
             inflight=self.manager.inflight(),
             backends=backends,
             drift=drift,
+            store=await self.retrieval.on_store(_store_status) if self.retrieval else None,
         )
+
+
+def _store_status(store: VectorStore) -> StoreStatus:
+    collections = []
+    for name in store.names():
+        index = store.index_status(name)
+        collections.append(
+            CollectionStatus(
+                name=name,
+                points=store.count(name),
+                indexed_vectors=index.indexed_vectors if index else None,
+                segments=index.segments if index else None,
+            )
+        )
+    return StoreStatus(
+        kind=store.kind, where=store.where, collections=collections, not_migrated=list(store.legacy)
+    )
 
 
 def _check_names(name: str, alias: str | None) -> None:

@@ -7,13 +7,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from qdrant_client import QdrantClient, models
-
 from engine.tokens import TokenCounter
+from ingest.backends.base import StoredPoint, VectorStore
 from ingest.embedder import Embedder
 from ingest.search import FilterValue, Hit, Mode, Retriever, build_filter
 from ingest.sparse import SparseEncoder
-from ingest.store import Collection, qdrant_errors
+from ingest.store import Collection
 from ragtune.errors import ConfigMismatch, InvalidInput, NotFound
 from ragtune.settings import Settings
 from service.metrics import Metrics
@@ -37,20 +36,20 @@ class Document:
 
 
 class RetrievalService:
-    """Searches and reads the configured Qdrant, embeds questions and tokenizes sources, each
+    """Searches and reads the configured store, embeds questions and tokenizes sources, each
     on its own threads (`workers`)."""
 
     def __init__(
         self,
         settings: Settings,
-        client: QdrantClient,
+        store: VectorStore,
         embedder: Embedder,
         sparse: SparseEncoder,
         metrics: Metrics,
         workers: Workers,
     ) -> None:
         self._settings = settings
-        self.client = client
+        self.store = store
         self.embedder = embedder
         self.sparse = sparse
         self._metrics = metrics
@@ -66,18 +65,14 @@ class RetrievalService:
         )
 
     async def _qdrant(self, call: Callable[[], T]) -> T:
-        # Embedded Qdrant has no locking of its own: its executor has one thread.
-        def run() -> T:
-            with qdrant_errors(self._settings):
-                return call()
-
-        return await run_on(self.workers.store, run)
+        # An embedded store runs on one thread of its own (workers.store).
+        return await run_on(self.workers.store, call)
 
     async def retriever(self, collection: str) -> Retriever:
         found = self._retrievers.get(collection)
         if found is None:
             found = await self._qdrant(
-                lambda: Retriever(self.client, self.embedder, self.sparse, collection)
+                lambda: Retriever(self.store, self.embedder, self.sparse, collection)
             )
             self._retrievers[collection] = found
         return found
@@ -151,27 +146,24 @@ class RetrievalService:
         merged = dict(merge_filters(spec.filters, filters))
         if doc_ids:
             merged["doc_id"] = list(doc_ids)
-        query_filter = build_filter(merged)
+        checked = build_filter(merged)
         # Through the retriever: refuses a missing or mismatched collection.
         points = await self._with_retriever(
-            spec.collection, lambda _: self._scroll(spec.collection, query_filter, max_chunks)
+            spec.collection, lambda _: self._scroll(spec.collection, checked, max_chunks)
         )
         # Thousands of chunks to group and join: off the loop, off the store's thread.
         return await asyncio.to_thread(_documents, points, spec.collection, doc_ids, merged)
 
-    def _scroll(
-        self, collection: str, query_filter: models.Filter | None, max_chunks: int
-    ) -> list[models.Record]:
-        points: list[models.Record] = []
-        offset: models.ExtendedPointId | None = None
+    def _scroll(self, collection: str, filters: Filters, max_chunks: int) -> list[StoredPoint]:
+        points: list[StoredPoint] = []
+        offset: str | None = None
         while True:
-            batch, offset = self.client.scroll(
+            batch, offset = self.store.scroll(
                 collection,
-                scroll_filter=query_filter,
+                filters=filters,
                 limit=min(256, max_chunks + 1 - len(points)),
                 offset=offset,
-                with_payload=["doc_id", "chunk_index", "text", "title", "source"],
-                with_vectors=False,
+                fields=["doc_id", "chunk_index", "text", "title", "source"],
             )
             points.extend(batch)
             if len(points) > max_chunks:
@@ -184,10 +176,14 @@ class RetrievalService:
 
     async def ping(self) -> None:
         """Return if Qdrant answers; raise UpstreamUnavailable if it does not."""
-        await self._qdrant(self.client.get_collections)
+        await self._qdrant(self.store.ping)
+
+    async def on_store(self, call: Callable[[VectorStore], T]) -> T:
+        """`call(store)` on the store's thread."""
+        return await self._qdrant(lambda: call(self.store))
 
     async def has_collection(self, name: str) -> bool:
-        return await self._qdrant(lambda: Collection(self.client, name).exists())
+        return await self._qdrant(lambda: Collection(self.store, name).exists())
 
 
 def merge_filters(route: Filters, caller: Filters | None) -> Filters:
@@ -204,14 +200,14 @@ def merge_filters(route: Filters, caller: Filters | None) -> Filters:
 
 
 def _documents(
-    points: list[models.Record],
+    points: list[StoredPoint],
     collection: str,
     doc_ids: list[str] | None,
     merged: Mapping[str, object],
 ) -> list[Document]:
     """The scrolled chunks grouped by document (in `doc_ids` order, else by id), each joined
     back into its text."""
-    by_doc: dict[str, list[models.Record]] = {}
+    by_doc: dict[str, list[StoredPoint]] = {}
     for point in points:
         payload = point.payload or {}
         by_doc.setdefault(str(payload.get("doc_id")), []).append(point)

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from qdrant_client import QdrantClient
 
+from ingest.backends.edge import EdgeStore
 from tests.fixtures.collections import Snapshot, differences, snapshot
 from tests.fixtures.corpus import synthetic_records, write_jsonl
 
@@ -34,7 +34,7 @@ from ragtune.settings import Settings
 settings = Settings()
 with open_components(settings) as parts:
     Ingester(
-        parts.client, parts.embedder, parts.sparse, parts.chunker(settings),
+        parts.store, parts.embedder, parts.sparse, parts.chunker(settings),
         settings.ingest.write_batch,
     ).run([sys.argv[1]], IngestOptions(collection="k", prune=True))
 """
@@ -51,15 +51,13 @@ def _ingest(env: dict[str, str], path: Path) -> None:
 
 def _in_progress(data: Path) -> bool:
     """Whether the collection's manifest carries a writing run's marker. Read from the
-    embedded store's meta.json, which qdrant-client replaces whole (the store itself is
-    locked by the process that writes)."""
+    embedded store's collection file, which is replaced whole (the store itself is locked by
+    the process that writes)."""
     try:
-        meta = json.loads((data / "qdrant" / "meta.json").read_text())
+        pointer = json.loads((data / "qdrant" / "edge" / "k" / "collection.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return False
-    collection = meta.get("collections", {}).get("k") or {}
-    manifest = (collection.get("metadata") or {}).get("ragtune") or {}
-    return "in_progress" in manifest
+    return "in_progress" in (pointer.get("manifest") or {})
 
 
 def _ingest_timed(env: dict[str, str], path: Path, data: Path) -> float:
@@ -97,21 +95,21 @@ def _ingest_killed(env: dict[str, str], path: Path, data: Path, after: float) ->
 
 
 def _manifest(data: Path) -> dict[str, object]:
-    client = QdrantClient(path=str(data / "qdrant"))
+    store = EdgeStore(str(data / "qdrant"))
     try:
-        meta = client.get_collection("k").config.metadata or {}
+        manifest = store.manifest("k")
     finally:
-        client.close()
-    manifest: dict[str, object] = meta["ragtune"]
+        store.close()
+    assert manifest is not None
     return manifest
 
 
 def _snapshot(data: Path) -> Snapshot:
-    client = QdrantClient(path=str(data / "qdrant"))
+    store = EdgeStore(str(data / "qdrant"))
     try:
-        return snapshot(client, "k")
+        return snapshot(store, "k")
     finally:
-        client.close()
+        store.close()
 
 
 @pytest.mark.slow
@@ -131,7 +129,7 @@ def test_killed_runs_converge_to_a_clean_run(tmp_path: Path) -> None:
     write_jsonl(corpus, v2)
     writing_s = _ingest_timed(env_for("clean"), corpus, tmp_path / "clean")
     expected = _snapshot(tmp_path / "clean")
-    assert len({v[0]["doc_id"] for v in expected.values()}) == 140  # type: ignore[index]
+    assert len({v[0]["doc_id"] for v in expected.values()}) == 140
     assert "in_progress" not in _manifest(tmp_path / "clean")
 
     for i, fraction in enumerate(KILL_AT):

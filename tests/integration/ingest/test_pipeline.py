@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from qdrant_client import QdrantClient
 
+from ingest.backends.base import NewPoint, VectorStore
+from ingest.backends.client import ClientStore
 from ingest.embedder import Embedder
 from ingest.pipeline import Ingester, IngestOptions
+from ingest.schema import point_id
 from ingest.sparse import SparseEncoder
-from ingest.store import Collection, point_id
+from ingest.store import Collection
 from ragtune.errors import ConfigMismatch
 from tests.conftest import make_chunker
 from tests.fixtures.corpus import synthetic_records, write_jsonl, write_tree
@@ -18,16 +20,16 @@ from tests.fixtures.corpus import synthetic_records, write_jsonl, write_tree
 C = "docs"
 
 
-def _points(client: QdrantClient, name: str = C) -> dict[str, dict[str, object]]:
-    points, _ = client.scroll(name, limit=10_000, with_payload=True)
-    return {str(p.id): p.payload or {} for p in points}
+def _points(store: VectorStore, name: str = C) -> dict[str, dict[str, object]]:
+    points, _ = store.scroll(name, limit=10_000)
+    return {p.id: p.payload for p in points}
 
 
 def test_first_run_writes_every_chunk_with_its_payload(ingester: Ingester, tmp_path: Path) -> None:
     root = write_tree(tmp_path / "c")
     report = ingester.run([root], IngestOptions(collection=C))
     assert len(report.added) == 5
-    points = _points(ingester.client)
+    points = _points(ingester.store)
     assert len(points) == report.chunks_written
     fruit = next(p for p in points.values() if p["file_name"] == "fruit.txt")
     doc_id = "fruit.txt"  # relative to the ingest root
@@ -40,7 +42,7 @@ def test_first_run_writes_every_chunk_with_its_payload(ingester: Ingester, tmp_p
     assert len(str(fruit["content_hash"])) == 64
     assert str(fruit["text"]).startswith("Apples grow")
     assert point_id(doc_id, 0) in points
-    manifest = Collection(ingester.client, C).manifest() or {}
+    manifest = Collection(ingester.store, C).manifest() or {}
     assert manifest["ids"] == {"scheme": "relative-to-root", "roots": [root.resolve().as_posix()]}
     assert "in_progress" not in manifest
 
@@ -48,12 +50,12 @@ def test_first_run_writes_every_chunk_with_its_payload(ingester: Ingester, tmp_p
 def test_rerun_over_unchanged_input_writes_nothing(ingester: Ingester, tmp_path: Path) -> None:
     root = write_tree(tmp_path / "c")
     ingester.run([root], IngestOptions(collection=C))
-    before = _points(ingester.client)
+    before = _points(ingester.store)
     report = ingester.run([root], IngestOptions(collection=C))
     assert report.wrote_nothing
     assert report.unchanged == 5
     assert report.chunks_written == 0
-    assert _points(ingester.client) == before
+    assert _points(ingester.store) == before
 
 
 def test_changed_document_has_its_chunks_replaced(ingester: Ingester, tmp_path: Path) -> None:
@@ -65,7 +67,7 @@ def test_changed_document_has_its_chunks_replaced(ingester: Ingester, tmp_path: 
     report = ingester.run([path], IngestOptions(collection=C))
     assert report.replaced == ["d2"]
     assert report.unchanged == 5
-    d2 = [p for p in _points(ingester.client).values() if p["doc_id"] == "d2"]
+    d2 = [p for p in _points(ingester.store).values() if p["doc_id"] == "d2"]
     assert len(d2) == 1
     assert d2[0]["text"] == "a much shorter replacement text"
     assert report.points_deleted >= 1
@@ -77,14 +79,14 @@ def test_deleted_files_are_pruned_only_with_prune(ingester: Ingester, tmp_path: 
     (root / "fruit.txt").unlink()
     report = ingester.run([root], IngestOptions(collection=C))
     assert report.removed == []
-    assert "fruit.txt" in {p["source"] for p in _points(ingester.client).values()}
+    assert "fruit.txt" in {p["source"] for p in _points(ingester.store).values()}
     # A file given by itself scopes --prune to its own documents.
     report = ingester.run([root / "guide.md"], IngestOptions(collection=C, prune=True))
     assert report.removed == []
     # A folder scopes it to every file document of the collection (ids are relative to it).
     report = ingester.run([root], IngestOptions(collection=C, prune=True))
     assert report.removed == ["fruit.txt"]
-    sources = {str(p["source"]) for p in _points(ingester.client).values()}
+    sources = {str(p["source"]) for p in _points(ingester.store).values()}
     assert sources == {"guide.md", "space/notes.pdf", "tides.html", "space/voyager.txt"}
 
 
@@ -105,7 +107,7 @@ def test_prune_keeps_documents_of_a_partly_unreadable_file(
 def test_dry_run_reports_and_writes_nothing(ingester: Ingester, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "c.jsonl", synthetic_records(5))
     ingester.run([path], IngestOptions(collection=C))
-    before = _points(ingester.client)
+    before = _points(ingester.store)
     records = synthetic_records(5)[1:]  # d0 is gone
     records[0]["text"] = "changed"  # d1 changes
     records.append({"_id": "new", "text": "brand new"})
@@ -116,7 +118,7 @@ def test_dry_run_reports_and_writes_nothing(ingester: Ingester, tmp_path: Path) 
     assert report.removed == ["d0"]
     assert report.chunks_written == 2
     assert report.points_deleted > 0
-    assert _points(ingester.client) == before
+    assert _points(ingester.store) == before
     # The real run does what the dry run said.
     real = ingester.run([path], IngestOptions(collection=C, prune=True))
     assert (real.added, real.replaced, real.removed) == (["new"], ["d1"], ["d0"])
@@ -127,11 +129,11 @@ def test_dry_run_on_a_new_collection_creates_nothing(ingester: Ingester, tmp_pat
     path = write_jsonl(tmp_path / "c.jsonl", synthetic_records(2))
     report = ingester.run([path], IngestOptions(collection=C, dry_run=True))
     assert report.added == ["d0", "d1"]
-    assert not ingester.client.collection_exists(C)
+    assert not ingester.store.exists(C)
 
 
 def test_other_chunker_settings_are_refused_naming_reindex(
-    qdrant: QdrantClient, embedder: Embedder, sparse: SparseEncoder, tmp_path: Path
+    qdrant: VectorStore, embedder: Embedder, sparse: SparseEncoder, tmp_path: Path
 ) -> None:
     path = write_jsonl(tmp_path / "c.jsonl", synthetic_records(4))
     Ingester(qdrant, embedder, sparse, make_chunker(embedder)).run(
@@ -148,12 +150,17 @@ def test_other_chunker_settings_are_refused_naming_reindex(
     )
 
 
-def test_a_collection_not_made_by_ragtune_is_refused(ingester: Ingester, tmp_path: Path) -> None:
+def test_a_collection_not_made_by_ragtune_is_refused(
+    embedder: Embedder, sparse: SparseEncoder, tmp_path: Path
+) -> None:
+    """Another tool's collection on a Qdrant (here qdrant-client's local mode, the same API)."""
     from qdrant_client import models
 
-    ingester.client.create_collection(
+    store = ClientStore.local(":memory:")
+    store.client.create_collection(
         C, vectors_config=models.VectorParams(size=3, distance=models.Distance.DOT)
     )
+    ingester = Ingester(store, embedder, sparse, make_chunker(embedder))
     with pytest.raises(ConfigMismatch, match="not created by ragtune"):
         ingester.run([write_tree(tmp_path / "c")], IngestOptions(collection=C))
 
@@ -164,7 +171,7 @@ def test_duplicate_ids_across_files_keep_the_first(ingester: Ingester, tmp_path:
     report = ingester.run([a, b], IngestOptions(collection=C))
     assert report.load.duplicate_ids == [("same", b.resolve().as_posix(), a.resolve().as_posix())]
     assert report.has_errors
-    assert [p["text"] for p in _points(ingester.client).values()] == ["from a"]
+    assert [p["text"] for p in _points(ingester.store).values()] == ["from a"]
 
 
 def test_interrupted_replace_is_finished_by_the_next_run(
@@ -173,21 +180,24 @@ def test_interrupted_replace_is_finished_by_the_next_run(
     """Points left by a run that died between writing new chunks and deleting old ones."""
     path = write_jsonl(tmp_path / "c.jsonl", synthetic_records(3, words=600))
     ingester.run([path], IngestOptions(collection=C))
-    clean = _points(ingester.client)
+    clean = _points(ingester.store)
     # Simulate the leftover: an extra stale chunk of d0 carrying an old content hash.
     extra = point_id("d0", 99)
     src = next(k for k, p in clean.items() if p["doc_id"] == "d0")
-    (rec,) = ingester.client.retrieve(C, [src], with_vectors=True, with_payload=True)
-    from qdrant_client import models
-
-    ingester.client.upsert(
+    (rec,) = ingester.store.retrieve(C, [src], vectors=True)
+    assert rec.dense is not None
+    assert rec.sparse is not None
+    ingester.store.upsert(
         C,
         [
-            models.PointStruct(
-                id=extra, vector=rec.vector, payload={**(rec.payload or {}), "content_hash": "old"}
+            NewPoint(
+                id=extra,
+                dense=rec.dense,
+                sparse=rec.sparse,
+                payload={**rec.payload, "content_hash": "old"},
             )
         ],
     )
     report = ingester.run([path], IngestOptions(collection=C))
     assert report.replaced == ["d0"]
-    assert _points(ingester.client) == clean
+    assert _points(ingester.store) == clean

@@ -7,15 +7,17 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from qdrant_client import QdrantClient, models
+from qdrant_client import models
 
+from ingest.backends.base import NewPoint, VectorStore
 from ingest.documents import LoadReport
 from ingest.embedder import Embedder
 from ingest.loaders import discover, load
 from ingest.pipeline import Ingester, IngestOptions
+from ingest.schema import point_id
 from ingest.search import Retriever
 from ingest.sparse import SparseEncoder
-from ingest.store import Collection, point_id
+from ingest.store import Collection
 from tests.conftest import make_chunker
 from tests.fixtures.collections import Snapshot, differences, snapshot
 from tests.fixtures.corpus import synthetic_records, write_jsonl, write_tree
@@ -38,11 +40,11 @@ class CountingEmbedder:
         return self.inner.encode(texts)
 
 
-def _ingester(client: QdrantClient, embedder: Any, sparse: SparseEncoder) -> Ingester:
+def _ingester(client: VectorStore, embedder: Any, sparse: SparseEncoder) -> Ingester:
     return Ingester(client, embedder, sparse, make_chunker(embedder), write_batch=8)
 
 
-def _snapshot(client: QdrantClient, name: str = C) -> Snapshot:
+def _snapshot(client: VectorStore, name: str = C) -> Snapshot:
     return snapshot(client, name)
 
 
@@ -50,25 +52,28 @@ def _same(a: Snapshot, b: Snapshot) -> None:
     assert differences(a, b, atol=1e-6) == []
 
 
-def _make_legacy(client: QdrantClient, root: Path) -> None:
+def _make_legacy(client: VectorStore, root: Path) -> None:
     """Rewrite a collection as ragtune wrote it when a file's id and source were its absolute
     path (JSONL records kept their `_id`), with no id scheme in the manifest."""
     report = LoadReport()
     docs = {d.doc_id: d for d in load(discover([root]), report)}
-    points, _ = client.scroll(C, limit=10_000, with_payload=True, with_vectors=True)
+    points, _ = client.scroll(C, limit=10_000, vectors=True)
     old = []
     for p in points:
-        payload = dict(p.payload or {})
+        payload = dict(p.payload)
         doc = docs[payload["doc_id"]]
         payload.update(doc_id=doc.legacy_id(), source=doc.location, content_hash=doc.legacy_hash())
+        assert p.dense is not None
+        assert p.sparse is not None
         old.append(
-            models.PointStruct(
+            NewPoint(
                 id=point_id(doc.legacy_id(), payload["chunk_index"]),
-                vector=p.vector or {},
+                dense=p.dense,
+                sparse=p.sparse,
                 payload=payload,
             )
         )
-    client.delete(C, points_selector=models.PointIdsList(points=[p.id for p in points]))
+    client.delete(C, [p.id for p in points])
     client.upsert(C, old)
     manifest = Collection(client, C).manifest() or {}
     manifest.pop("ids")
@@ -86,15 +91,15 @@ def test_the_same_folder_at_another_path_writes_nothing(ingester: Ingester, tmp_
     second = tmp_path / "container" / "srv" / "docs"
     shutil.copytree(first, second)
     ingester.run([first], IngestOptions(collection=C))
-    before = _snapshot(ingester.client)
+    before = _snapshot(ingester.store)
     report = ingester.run([second], IngestOptions(collection=C, prune=True))
     assert report.wrote_nothing
     assert (report.unchanged, report.chunks_written, report.points_deleted) == (9, 0, 0)
-    _same(_snapshot(ingester.client), before)
+    _same(_snapshot(ingester.store), before)
 
 
 def test_a_collection_with_absolute_ids_is_migrated_without_embedding(
-    qdrant: QdrantClient, embedder: Embedder, sparse: SparseEncoder, tmp_path: Path
+    qdrant: VectorStore, embedder: Embedder, sparse: SparseEncoder, tmp_path: Path
 ) -> None:
     root = _corpus(tmp_path / "docs")
     _ingester(qdrant, embedder, sparse).run([root], IngestOptions(collection=C))
@@ -128,7 +133,7 @@ def test_a_collection_with_absolute_ids_is_migrated_without_embedding(
 
 
 def test_a_killed_migration_is_finished_by_the_next_run(
-    qdrant: QdrantClient, embedder: Embedder, sparse: SparseEncoder, tmp_path: Path
+    qdrant: VectorStore, embedder: Embedder, sparse: SparseEncoder, tmp_path: Path
 ) -> None:
     root = _corpus(tmp_path / "docs")
     _ingester(qdrant, embedder, sparse).run([root], IngestOptions(collection=C))
@@ -139,7 +144,7 @@ def test_a_killed_migration_is_finished_by_the_next_run(
     fruit = (root / "fruit.txt").resolve().as_posix()
     guide = (root / "guide.md").resolve().as_posix()
     copies = [
-        models.PointStruct(id=k, vector=_vectors(v), payload=v[0])
+        _point(k, v)
         for k, v in clean.items()
         if v[0]["doc_id"] == "fruit.txt"
         or (v[0]["doc_id"] == "guide.md" and v[0]["chunk_index"] == 0)
@@ -157,7 +162,7 @@ def test_a_killed_migration_is_finished_by_the_next_run(
 
 
 def test_a_legacy_document_changed_since_is_embedded_again_under_its_new_id(
-    qdrant: QdrantClient, embedder: Embedder, sparse: SparseEncoder, tmp_path: Path
+    qdrant: VectorStore, embedder: Embedder, sparse: SparseEncoder, tmp_path: Path
 ) -> None:
     root = _corpus(tmp_path / "docs")
     _ingester(qdrant, embedder, sparse).run([root], IngestOptions(collection=C))
@@ -183,9 +188,11 @@ def test_a_legacy_document_changed_since_is_embedded_again_under_its_new_id(
     ]
 
 
-def _vectors(entry: tuple[Any, ...]) -> dict[str, Any]:
-    _, dense, indices, values = entry
-    return {
-        "dense": dense.tolist(),
-        "sparse": models.SparseVector(indices=list(indices), values=list(values)),
-    }
+def _point(point_id: str, entry: tuple[Any, ...]) -> NewPoint:
+    payload, dense, indices, values = entry
+    return NewPoint(
+        id=point_id,
+        dense=dense.tolist(),
+        sparse=models.SparseVector(indices=list(indices), values=list(values)),
+        payload=payload,
+    )

@@ -30,7 +30,7 @@ def scifact(ingester_module: Ingester) -> tuple[Ingester, dict[str, dict[str, fl
     assert not report.has_errors
     split = load_beir(SCIFACT)
     retriever = Retriever(
-        ingester_module.client, ingester_module.embedder, ingester_module.sparse, "scifact"
+        ingester_module.store, ingester_module.embedder, ingester_module.sparse, "scifact"
     )
 
     def run(mode: Mode, filters: dict[str, FilterValue] | None = None) -> dict[str, float]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from qdrant_client import QdrantClient
 
+from ingest.backends.base import VectorStore
 from ingest.embedder import Embedder
 from ingest.pipeline import Ingester, IngestOptions
 from ingest.search import Retriever, build_filter, parse_filters
@@ -19,7 +19,7 @@ from tests.fixtures.corpus import write_tree
 @pytest.fixture
 def retriever(ingester: Ingester, tmp_path: Path) -> Retriever:
     ingester.run([write_tree(tmp_path / "c")], IngestOptions(collection="docs"))
-    return Retriever(ingester.client, ingester.embedder, ingester.sparse, "docs")
+    return Retriever(ingester.store, ingester.embedder, ingester.sparse, "docs")
 
 
 @pytest.mark.parametrize("mode", ["dense", "sparse", "hybrid"])
@@ -61,7 +61,7 @@ def test_bad_queries_are_refused(retriever: Retriever) -> None:
 
 
 def test_missing_collection_names_how_to_create_it(
-    qdrant: QdrantClient, embedder: Embedder, sparse: SparseEncoder
+    qdrant: VectorStore, embedder: Embedder, sparse: SparseEncoder
 ) -> None:
     with pytest.raises(
         NotFound, match=r"'nope' does not exist.*ragtune ingest PATH --collection nope"
@@ -71,7 +71,7 @@ def test_missing_collection_names_how_to_create_it(
 
 def test_other_sparse_settings_refuse_lexical_modes(retriever: Retriever) -> None:
     other = Retriever(
-        retriever.client, retriever.embedder, SparseEncoder(SparseSettings(k1=2.0)), "docs"
+        retriever.store, retriever.embedder, SparseEncoder(SparseSettings(k1=2.0)), "docs"
     )
     assert other.search("apple", mode="dense")
     with pytest.raises(ConfigMismatch, match="sparse settings"):

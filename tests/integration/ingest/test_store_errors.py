@@ -1,6 +1,7 @@
-"""Qdrant's failures become domain errors by meaning: the embedded store for what it can
-produce, a loopback server answering like Qdrant (tests/fixtures/fake_qdrant.py) for the rest,
-both through the real qdrant-client."""
+"""Qdrant's failures become domain errors by meaning, the same from every store: the embedded
+stores (Qdrant Edge, qdrant-client's local mode) for what they can produce, a loopback server
+answering like Qdrant (tests/fixtures/fake_qdrant.py) through the real qdrant-client for the
+rest."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from qdrant_client import QdrantClient, models
+from qdrant_client.models import SparseVector
 
-from ingest.store import open_qdrant, qdrant_errors
+from ingest.backends.base import NewPoint, Search, VectorStore
+from ingest.backends.client import ClientStore
+from ingest.backends.edge import EdgeStore
+from ingest.backends.errors import client_errors
+from ingest.store import open_store
 from ragtune.errors import (
     ConfigMismatch,
     InvalidInput,
@@ -28,36 +33,61 @@ INDEX_REQUIRED = (
 )
 
 
+@pytest.fixture(params=["edge", "local"])
+def embedded(request: pytest.FixtureRequest) -> Iterator[VectorStore]:
+    store: VectorStore = (
+        EdgeStore(":memory:") if request.param == "edge" else ClientStore.local(":memory:")
+    )
+    yield store
+    store.close()
+
+
+def _point(dim: int) -> NewPoint:
+    return NewPoint(
+        "5b0b7b8e-8f6c-4b8e-9a55-2f1f3c6d7e01", [0.1] * dim, SparseVector(indices=[], values=[]), {}
+    )
+
+
 def test_embedded_missing_collection_is_not_found_naming_how_to_create_it(
-    settings: Settings, qdrant: QdrantClient
+    embedded: VectorStore,
 ) -> None:
     for call in (
-        lambda: qdrant.count("gone"),
-        lambda: qdrant.scroll("gone"),
-        lambda: qdrant.query_points("gone", query=[0.1, 0.2]),
-        lambda: qdrant.upsert("gone", points=[]),
+        lambda: embedded.count("gone"),
+        lambda: embedded.scroll("gone", limit=10),
+        lambda: embedded.search("gone", Search(mode="dense", limit=3, dense=[0.1, 0.2])),
+        lambda: embedded.upsert("gone", [_point(2)]),
+        lambda: embedded.manifest("gone"),
     ):
-        with pytest.raises(NotFound) as caught, qdrant_errors(settings):
+        with pytest.raises(NotFound) as caught:
             call()
-        assert str(caught.value) == (
-            "collection 'gone' does not exist; create it with "
-            "`ragtune ingest PATH --collection gone`"
-        )
+        assert str(caught.value).startswith("collection 'gone' does not exist")
+        assert str(caught.value).endswith("create it with `ragtune ingest PATH --collection gone`")
 
 
-def test_embedded_vectors_of_another_schema_are_a_config_mismatch(
-    settings: Settings, qdrant: QdrantClient
-) -> None:
-    qdrant.create_collection(
-        "other", vectors_config={"v": models.VectorParams(size=2, distance=models.Distance.DOT)}
-    )
-    with pytest.raises(ConfigMismatch, match="--reindex"), qdrant_errors(settings):
-        qdrant.query_points("other", query=[0.1, 0.2], using="dense")
+def test_embedded_vectors_of_another_size_are_a_config_mismatch(embedded: VectorStore) -> None:
+    embedded.create("other", 2, {"schema": 1})
+    with pytest.raises(ConfigMismatch, match="--reindex"):
+        embedded.search("other", Search(mode="dense", limit=3, dense=[0.1, 0.2, 0.3]))
+    with pytest.raises(ConfigMismatch, match="--reindex"):
+        embedded.upsert("other", [_point(3)])
 
 
-def test_other_value_errors_are_not_taken_for_qdrant_ones(settings: Settings) -> None:
-    with pytest.raises(ValueError, match="unrelated"), qdrant_errors(settings):
+def test_other_value_errors_are_not_taken_for_qdrant_ones() -> None:
+    with pytest.raises(ValueError, match="unrelated"), client_errors("here"):
         raise ValueError("unrelated")
+
+
+def test_a_second_process_on_the_embedded_store_is_told_to_use_a_server(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    first = open_store(settings)
+    try:
+        with pytest.raises(InvalidInput, match=r"in use by another process.*RAGTUNE_QDRANT__URL"):
+            open_store(settings)
+    finally:
+        first.close()
+    open_store(settings).close()
 
 
 @pytest.fixture
@@ -67,21 +97,20 @@ def server(settings: Settings) -> Iterator[FakeQdrant]:
 
 
 @pytest.fixture
-def remote(server: FakeQdrant, tmp_path: Path) -> Iterator[tuple[Settings, QdrantClient]]:
+def remote(server: FakeQdrant, tmp_path: Path) -> Iterator[VectorStore]:
     # Sub-second: 0.5 s once became int(0.5) == 0, and every request failed at once.
     settings = Settings(data_dir=tmp_path / "data", qdrant={"url": server.url, "timeout_s": 0.5})
-    client = open_qdrant(settings)
-    yield settings, client
-    client.close()
+    store = open_store(settings)
+    yield store
+    store.close()
 
 
 def test_a_sub_second_timeout_reaches_the_client_as_a_working_timeout(
-    remote: tuple[Settings, QdrantClient],
+    remote: VectorStore,
 ) -> None:
-    settings, client = remote
-    with qdrant_errors(settings):
-        assert client.count("docs").count == 0
-        assert client.scroll("docs")[0] == []
+    assert remote.kind == "server"
+    assert remote.count("docs") == 0
+    assert remote.scroll("docs", limit=10)[0] == []
 
 
 @pytest.mark.parametrize(
@@ -108,16 +137,15 @@ def test_a_sub_second_timeout_reaches_the_client_as_a_working_timeout(
 )  # fmt: skip
 def test_server_statuses_are_classified_by_meaning(
     server: FakeQdrant,
-    remote: tuple[Settings, QdrantClient],
+    remote: VectorStore,
     status: int,
     message: str,
     plain: bool,
     error: type[RagtuneError],
     says: str,
 ) -> None:
-    settings, client = remote
     server.fail(status, message, plain=plain)
-    with pytest.raises(RagtuneError) as caught, qdrant_errors(settings):
-        client.scroll("docs")
+    with pytest.raises(RagtuneError) as caught:
+        remote.scroll("docs", limit=10)
     assert type(caught.value) is error
     assert says in str(caught.value)

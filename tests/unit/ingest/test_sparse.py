@@ -5,8 +5,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from qdrant_client import QdrantClient
 
+from ingest.backends.base import VectorStore
 from ingest.embedder import Embedder
 from ingest.pipeline import Ingester, IngestOptions
 from ingest.search import Retriever
@@ -134,7 +134,7 @@ class _Version1Encoder(SparseEncoder):
 
 
 def test_a_collection_with_older_token_ids_is_refused_naming_reindex(
-    qdrant: QdrantClient, embedder: Embedder, sparse: SparseEncoder, tmp_path: Path
+    qdrant: VectorStore, embedder: Embedder, sparse: SparseEncoder, tmp_path: Path
 ) -> None:
     path = write_jsonl(tmp_path / "c.jsonl", synthetic_records(3))
     chunker = make_chunker(embedder)

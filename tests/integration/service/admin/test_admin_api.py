@@ -292,6 +292,11 @@ def test_status_matches_the_registry(admin_api: AdminApi) -> None:
     assert backend["missing"] == []
     assert backend["extra"] == []
     assert body["drift"] is False
+    # The embedded store by default: Qdrant Edge in the data dir, nothing left to migrate.
+    store = body["store"]
+    assert (store["kind"], store["where"]) == ("edge", admin_api.settings.qdrant_location())
+    assert store["not_migrated"] == []
+    assert all(c["points"] >= 0 for c in store["collections"])
 
 
 # -- audit ----------------------------------------------------------------------------------

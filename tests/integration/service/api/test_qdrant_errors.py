@@ -93,7 +93,7 @@ def _reindex(client: TestClient, settings: Settings, docs: Path, reindex: bool =
     chunker = Chunker(
         retrieval.embedder.tokenizer, retrieval.embedder.token_limit, settings.chunking
     )
-    Ingester(state.qdrant, retrieval.embedder, retrieval.sparse, chunker).run(
+    Ingester(state.store, retrieval.embedder, retrieval.sparse, chunker).run(
         [docs], IngestOptions(collection="docs", reindex=reindex)
     )
 
@@ -118,7 +118,7 @@ def test_a_rebuilt_collection_is_served_without_a_restart(
         assert [s["doc_id"] for s in rebuilt.json()["sources"]] == ["comets.txt"]
 
         # Dropped: a 404 naming it; re-created: answered again.
-        client.app_state["services"].qdrant.delete_collection("docs")
+        client.app_state["services"].store.drop("docs")
         gone = client.post("/v1/chat", json=ask())
         assert gone.status_code == 404, gone.text
         assert "collection 'docs' does not exist" in gone.json()["error"]["message"]

@@ -1,0 +1,1 @@
+"""The stores a ragtune collection can live in, behind one interface (`base.VectorStore`)."""
