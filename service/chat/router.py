@@ -12,6 +12,7 @@ from service.chat.schemas import (
     ChatDryRun,
     ChatRequest,
     ChatResponse,
+    RetrievalQueryOut,
     StreamEvent,
     UsageOut,
     citations_out,
@@ -82,6 +83,7 @@ def to_response(result: ChatResult, source_text: bool = False) -> ChatResponse:
         sources=sources_out(result.sources, source_text),
         citations=citations_out(result.citations),
         usage=UsageOut.of(result.usage),
+        retrieval_query=RetrievalQueryOut.of(result.query),
     )
 
 
@@ -115,5 +117,6 @@ async def _events(
                 usage=UsageOut.of(item.usage),
                 output=item.output,
                 output_error=item.output_error,
+                retrieval_query=RetrievalQueryOut.of(item.query),
             )
         yield out.model_dump(exclude_none=True)

@@ -10,6 +10,7 @@ from engine.types import ChatMessage, FinishReason, GenerationOverrides, Usage
 from ingest.search import Mode
 from service.rag.citations import CitationCheck
 from service.rag.context import Source
+from service.rag.query import RetrievalQuery
 
 FilterValue = str | int | bool
 
@@ -71,6 +72,34 @@ class UsageOut(BaseModel):
         )
 
 
+class RetrievalQueryOut(BaseModel):
+    """What a route whose retrieval.query is `window` or `condense` searched with."""
+
+    mode: Literal["window", "condense"]
+    # The text embedded and matched: the turns joined, or the rewrite.
+    text: str
+    # condense, when the model was asked (not on a first question): the rewrite's tokens
+    # (not in the answer's `usage`) and its time.
+    usage: UsageOut | None = None
+    time_ms: float | None = None
+    # condense: the rewrite was empty, so the last user message was searched instead.
+    fallback: bool = False
+
+    @classmethod
+    def of(cls, query: RetrievalQuery | None) -> RetrievalQueryOut | None:
+        """None for routes that search with the last message (their responses stay as
+        they were) or do not retrieve."""
+        if query is None or query.mode == "last":
+            return None
+        return cls(
+            mode=query.mode,
+            text=query.text,
+            usage=UsageOut.of(query.usage) if query.usage is not None else None,
+            time_ms=round(query.seconds * 1000, 1) if query.seconds is not None else None,
+            fallback=query.fallback,
+        )
+
+
 class ChatResponse(BaseModel):
     # The answer's id ("chatcmpl-<hex>", as the OpenAI endpoint's): POST /v1/feedback takes it.
     id: str
@@ -86,6 +115,10 @@ class ChatResponse(BaseModel):
     sources: list[SourceOut]
     citations: Citations
     usage: UsageOut
+    # Routes with retrieval.query `window` or `condense` only (absent otherwise).
+    retrieval_query: RetrievalQueryOut | None = Field(
+        default=None, exclude_if=lambda query: query is None
+    )
 
 
 class ChatDryRun(BaseModel):
@@ -117,6 +150,8 @@ class StreamEvent(BaseModel):
     usage: UsageOut | None = None
     output: Any = None
     output_error: str | None = None
+    # On done, for routes with retrieval.query `window` or `condense`.
+    retrieval_query: RetrievalQueryOut | None = None
     error: dict[str, Any] | None = None
 
 

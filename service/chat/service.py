@@ -20,10 +20,11 @@ from service.hotswap.manager import AdapterManager
 from service.metrics import Metrics
 from service.rag.citations import CitationCheck, StreamingCitations
 from service.rag.context import Source, render_context
+from service.rag.query import RetrievalQuery, clean_rewrite, condense_request, window_query
 from service.rag.retrieval import RetrievalService
 from service.routes.output import parse_output
 from service.routes.policy import adapter_for, find_route, sampling
-from service.routes.schemas import BASE_MODEL, RouteSpec
+from service.routes.schemas import BASE_MODEL, RetrievalSpec, RouteSpec
 
 
 @dataclass
@@ -71,6 +72,8 @@ class Prepared:
     candidate: str | None = None
     # The numbered sources, rendered as the templates' {context} (used or not).
     context: str = ""
+    # What the route searched with (None: it does not retrieve).
+    query: RetrievalQuery | None = None
 
 
 @dataclass
@@ -87,6 +90,9 @@ class ChatResult:
     sources: list[Source]
     citations: CitationCheck
     usage: Usage
+    # What the route searched with (None: it does not retrieve). A condense rewrite's tokens
+    # are its own, not in `usage` (the answer's).
+    query: RetrievalQuery | None = None
 
 
 @dataclass
@@ -271,11 +277,13 @@ class ChatService:
         self.check_messages(messages)
         question = messages[-1].content
         sources: list[Source] = []
+        query: RetrievalQuery | None = None
         if spec.retrieval is not None:
+            query = await self._retrieval_query(call.route, spec.retrieval, messages)
             hits = await self._retrieval.search(
                 call.route,
                 spec.retrieval,
-                question,
+                query.text,
                 filters=call.filters,
                 top_k=call.top_k,
                 mode=call.mode,
@@ -295,8 +303,36 @@ class ChatService:
         )
         candidate = call.candidates.get(checked.alias) if checked.alias is not None else None
         return Prepared(
-            call.route, spec, request, checked.alias, sources, candidate, context=context
+            call.route, spec, request, checked.alias, sources, candidate, context, query
         )
+
+    async def _retrieval_query(
+        self, route: str, retrieval: RetrievalSpec, messages: list[ChatMessage]
+    ) -> RetrievalQuery:
+        """What to search with, as the route's retrieval.query says. A condense rewrite runs
+        on the base model whatever the route's adapter (an adapter trained to answer in the
+        route's voice is not one trained to rewrite), greedy, timed as the stage `condense`."""
+        spec = retrieval.query
+        question = messages[-1].content
+        if spec.mode == "window":
+            return RetrievalQuery("window", window_query(messages, spec.turns))
+        if spec.mode == "last":
+            return RetrievalQuery("last", question)
+        condense = condense_request(messages, spec)
+        if condense is None:  # a first question: nothing to resolve it against
+            return RetrievalQuery("condense", question)
+        prompt, params = condense
+        started = time.perf_counter()
+        with self._metrics.timed(route, "condense"):
+            completion = await self._backend.generate(
+                GenerationRequest(messages=prompt, sampling=params)
+            )
+        seconds = time.perf_counter() - started
+        usage = completion.usage
+        self._metrics.tokens.labels(route, "in").inc(usage.prompt_tokens)
+        self._metrics.tokens.labels(route, "out").inc(usage.completion_tokens)
+        rewrite = clean_rewrite(completion.text)
+        return RetrievalQuery("condense", rewrite or question, usage, seconds, fallback=not rewrite)
 
     @staticmethod
     def _check_retrieval_overrides(call: ChatCall, spec: RouteSpec) -> None:
@@ -354,4 +390,5 @@ class ChatService:
             sources=prepared.sources,
             citations=check,
             usage=usage,
+            query=prepared.query,
         )

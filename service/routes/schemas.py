@@ -7,7 +7,15 @@ import string
 from functools import cached_property
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from engine.types import GENERATION_FIELDS, GenerationField, SamplingParams
 from ingest.search import Mode
@@ -33,6 +41,78 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+QueryMode = Literal["last", "window", "condense"]
+# The default condense prompt: LangChain's contextualize_q_system_prompt (its history-aware
+# retriever), with the conversation written into one user message as LlamaIndex's
+# CondenseQuestionChatEngine does: small models rewrite a transcript more reliably than they
+# refrain from answering a conversation replayed as chat turns.
+CONDENSE_PROMPT = """\
+Given a chat history and the latest user question which might reference context in the chat \
+history, formulate a standalone question which can be understood without the chat history. \
+Do NOT answer the question, just reformulate it if needed and otherwise return it as is.
+
+Chat history:
+{history}
+
+Latest user question: {question}
+
+Standalone question:"""
+CONDENSE_VARIABLES = frozenset({"history", "question"})
+
+
+class QuerySpec(_Strict):
+    """What a route searches with: the last user message (`last`), the last `turns` user
+    messages joined (`window`), or the base model's standalone rewrite of the last message,
+    with the conversation since the `turns`-th last user message in view (`condense`)."""
+
+    mode: QueryMode = "last"
+    # User messages, the last one included.
+    turns: int = Field(default=3, ge=1, le=64)
+    # condense: the rewrite's template ({history}, {question}) and its most tokens.
+    prompt: str = CONDENSE_PROMPT
+    max_tokens: int = Field(default=64, ge=1, le=512)
+
+    @model_validator(mode="after")
+    def _check(self) -> QuerySpec:
+        given = self.model_fields_set
+        if self.mode != "condense":
+            unused = [name for name in ("prompt", "max_tokens") if name in given]
+            if unused:
+                raise ValueError(
+                    f"{' and '.join(unused)}: only used by mode 'condense', not {self.mode!r}; "
+                    f"remove {'them' if len(unused) > 1 else 'it'} or set mode: condense"
+                )
+        if self.mode == "last" and "turns" in given:
+            raise ValueError(
+                "turns: mode 'last' searches with the last user message only; "
+                "remove turns or set mode: window or condense"
+            )
+        if self.mode == "condense":
+            if self.turns < 2:
+                raise ValueError(
+                    "turns: mode 'condense' needs at least 2 (the question and a turn before "
+                    "it to resolve it against); with 1 use mode: last"
+                )
+            _check_template("prompt", self.prompt, CONDENSE_VARIABLES)
+            missing = sorted(CONDENSE_VARIABLES - set(_fields(self.prompt)))
+            if missing:
+                raise ValueError(
+                    f"prompt must use {' and '.join('{' + m + '}' for m in missing)}: "
+                    f"the rewrite sees the conversation as {{history}} and the last user "
+                    f"message as {{question}}"
+                )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # Only condense uses the prompt: a window route's identity does not hang on its text.
+        data = handler(self)
+        if self.mode != "condense" and isinstance(data, dict):
+            data.pop("prompt", None)
+            data.pop("max_tokens", None)
+        return data
+
+
 class RetrievalSpec(_Strict):
     """Where a route's context comes from."""
 
@@ -45,6 +125,16 @@ class RetrievalSpec(_Strict):
     context_tokens: int = Field(default=1_500, ge=32)
     # At most one chunk per document among the sources.
     per_document: bool = False
+    # What to search with, from the conversation. Left out of the route's dump (its
+    # fingerprint, evaluation cache keys) when it is the default, so routes that do not set it
+    # keep the identity they had before it existed.
+    query: QuerySpec = Field(default_factory=QuerySpec, exclude_if=lambda q: q == QuerySpec())
+
+    @field_validator("query", mode="before")
+    @classmethod
+    def _query_mode(cls, value: Any) -> Any:
+        # `query: window` is short for `query: {mode: window}`.
+        return {"mode": value} if isinstance(value, str) else value
 
 
 class PromptSpec(_Strict):
@@ -160,6 +250,15 @@ class RouteSpec(_Strict):
             raise ValueError("'summarize' settings are for summarize routes only")
         if self.kind != "chat" and self.capture is not None:
             raise ValueError("'capture' is for chat routes only; remove it from this route")
+        if (
+            self.kind != "chat"
+            and self.retrieval is not None
+            and self.retrieval.query != QuerySpec()
+        ):
+            raise ValueError(
+                "retrieval.query is for chat routes only (a summarize route reads whole "
+                "documents, it searches nothing); remove it from this route"
+            )
         if self.kind == "summarize":
             if self.summarize is None:
                 self.summarize = SummarizeSpec()
