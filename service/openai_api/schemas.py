@@ -83,6 +83,8 @@ class RagtuneExtra(BaseModel):
     # JSON routes: the answer parsed, or None with `output_error` saying why it is not valid.
     output: Any = None
     output_error: str | None = None
+    # Routes that search with a window of turns or a condensed question: what was searched.
+    retrieval_query: dict[str, Any] | None = None
 
 
 class ChatCompletion(BaseModel):

@@ -13,7 +13,7 @@ from engine.model import resolve_base_model
 from engine.types import ChatMessage
 from ragtune.errors import InvalidInput, RagtuneError
 from ragtune.settings import Settings
-from service.chat.schemas import citations_out, sources_out
+from service.chat.schemas import RetrievalQueryOut, citations_out, sources_out
 from service.chat.service import ChatCall, ChatResult, DeltaEvent, SourcesEvent
 from service.openai_api.schemas import (
     BaseModelInfo,
@@ -135,6 +135,9 @@ def _extra(result: ChatResult) -> RagtuneExtra:
         citations=citations_out(result.citations).model_dump(),
         output=result.output,
         output_error=result.output_error,
+        retrieval_query=(
+            query.model_dump() if (query := RetrievalQueryOut.of(result.query)) else None
+        ),
     )
 
 

@@ -304,9 +304,15 @@ def test_the_openai_endpoint_builds_the_query_the_same_way(
         "/v1/chat/completions", json={"model": route, "messages": TALK, "max_tokens": 3}
     )
     assert response.status_code == 200, response.text
-    sources = response.json()["ragtune"]["sources"]
-    assert Path(sources[0]["doc_id"]).stem == document
+    extra = response.json()["ragtune"]
+    assert Path(extra["sources"][0]["doc_id"]).stem == document
     assert len(rewrite.rewrites) == (route == "condense")
+    searched = extra["retrieval_query"]
+    if route == "last":
+        assert searched is None
+    else:
+        assert searched["mode"] == route
+        assert (searched["text"] == REWRITE) == (route == "condense")
 
 
 @pytest.mark.slow
