@@ -183,3 +183,28 @@ def test_unreachable_qdrant_server_is_named(
     err = capsys.readouterr().err
     assert "Qdrant at http://127.0.0.1:9 did not answer" in err
     assert "Traceback" not in err
+
+
+def test_an_ingest_past_the_index_threshold_builds_the_index_before_it_exits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = write_tree(tmp_path / "c")
+    monkeypatch.setenv("RAGTUNE_QDRANT__INDEX_THRESHOLD", "1000")
+    assert main(["ingest", str(root), "--collection", "small"]) == 0
+    # Below the threshold: exact search, no index built.
+    assert "building the vector index" not in capsys.readouterr().err
+
+    monkeypatch.setenv("RAGTUNE_QDRANT__INDEX_THRESHOLD", "2")
+    assert main(["ingest", str(root), "--collection", "kb"]) == 0
+    err = capsys.readouterr().err
+    assert "building the vector index of 'kb'" in err
+    assert "indexed 'kb' in" in err
+
+    assert main(["store", "status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["store"] == "edge"
+    by_name = {c["collection"]: c for c in status["collections"]}
+    assert set(by_name) == {"small", "kb"}
+    assert by_name["kb"]["points"] == by_name["small"]["points"] > 2
+    assert main(["search", "high tide harbour", "--collection", "kb", "--top-k", "1"]) == 0
+    assert "tides.html" in capsys.readouterr().out
