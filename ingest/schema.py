@@ -22,6 +22,8 @@ INDEXED_FIELDS: dict[str, str] = {
     "content_hash": "keyword",
     "chunk_index": "integer",
 }
+# A collection that `--reindex` builds is named `<name>.build-<hex>` until it is published.
+STAGING = ".build-"
 # Reciprocal rank fusion's k, as Qdrant's server and qdrant-client's local mode apply it:
 # a point's fused score is the sum over prefetches of 1 / (k + position), counted from 0.
 RRF_K = 2

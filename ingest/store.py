@@ -17,7 +17,7 @@ from typing import Any
 
 from ingest.backends.base import NewPoint, StoredPoint, VectorStore
 from ingest.backends.errors import missing_collection
-from ingest.schema import check_name, point_id
+from ingest.schema import STAGING, check_name, point_id
 from ragtune.errors import ConfigMismatch
 from ragtune.settings import Settings
 
@@ -65,15 +65,22 @@ def open_store(settings: Settings) -> VectorStore:
 
 
 def local_mode_collections(location: str) -> list[str]:
-    """Collections that qdrant-client's local mode keeps at `location` (its meta.json)."""
+    """The collections that qdrant-client's local mode keeps at `location` (its meta.json),
+    by the names readers use: an alias (a collection rebuilt with `--reindex`) rather than
+    the build it points at."""
     if location == ":memory:":
         return []
     try:
         meta = json.loads((Path(location) / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
-    collections = meta.get("collections") if isinstance(meta, dict) else None
-    return sorted(collections) if isinstance(collections, dict) else []
+    if not isinstance(meta, dict) or not isinstance(meta.get("collections"), dict):
+        return []
+    found = meta.get("aliases")
+    aliases: dict[str, str] = found if isinstance(found, dict) else {}
+    targets = set(aliases.values())
+    named = {n for n in meta["collections"] if n not in targets and STAGING not in n}
+    return sorted(named | set(aliases))
 
 
 @dataclass

@@ -76,8 +76,16 @@ def _copy(
     expected = local.count(name)
     if manifest is None:
         return Migrated(name, expected, "skipped: not made by ragtune (no manifest)")
-    if edge.exists(name) and edge.count(name) == expected and edge.manifest(name) == manifest:
-        return Migrated(name, expected, "already copied")
+    if edge.exists(name):
+        if edge.count(name) == expected and edge.manifest(name) == manifest:
+            return Migrated(name, expected, "already copied")
+        # Ingested into Edge since the switch: newer than the old store's copy, kept.
+        return Migrated(
+            name,
+            expected,
+            "skipped: Qdrant Edge already has another collection of that name (kept; rename "
+            "or drop one of them)",
+        )
     dim = int((manifest.get("embedder") or {}).get("dim") or 0)
     staging = edge.staging_name(name)
     progress(f"copying {name!r}: {expected} points")

@@ -90,14 +90,15 @@ class EmbeddingSettings(_Section):
         "and unit length either way, within cosine 0.9999 of each other: changing it needs no "
         "reindex.",
     )
-    # Unset leaves torch's default (one thread per core): bench/embed.py measured it against
-    # 1 thread on this project's 2-core machine (docs/benchmarks.md, "The embed stage").
+    # Unset while serving is half the cores (ingest.embedder.default_threads says why:
+    # bench/embed.py); unset while ingesting is torch's own count (one per core).
     threads: int | None = Field(
         default=None,
         ge=1,
         le=1024,
         description="torch threads for each embedding call (questions while serving, chunks "
-        "while ingesting); unset means torch's default, one per core.",
+        "while ingesting); unset means half the cores while serving (at least one, leaving the "
+        "rest to the LLM engine and Qdrant) and every core while ingesting.",
     )
     # The hub is never contacted unless a deployment explicitly allows it.
     allow_download: bool = Field(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -119,7 +120,9 @@ async def _build(
     metrics = Metrics()
     # One after the other: transformers' model loading patches torch globally (meta-device
     # initialisation), so two loads in parallel threads corrupt each other.
-    embedder = await asyncio.to_thread(Embedder.load, settings.embedding)
+    embedder = await asyncio.to_thread(
+        functools.partial(Embedder.load, settings.embedding, serving=True)
+    )
     members = await asyncio.to_thread(backends, settings)
     counter = await asyncio.to_thread(TokenCounter.for_settings, settings)
     pool = BackendPool(members)

@@ -22,14 +22,12 @@ from ingest.backends.base import (
     VectorStore,
 )
 from ingest.backends.errors import client_errors, in_use
-from ingest.schema import DENSE, INDEXED_FIELDS, SPARSE
+from ingest.schema import DENSE, INDEXED_FIELDS, SPARSE, STAGING
 
 _SCHEMA_TYPES = {
     "keyword": models.PayloadSchemaType.KEYWORD,
     "integer": models.PayloadSchemaType.INTEGER,
 }
-# A collection built by `--reindex` is named `<name>.build-<hex>` until an alias names it.
-_STAGING = ".build-"
 
 
 class ClientStore(VectorStore):
@@ -83,7 +81,7 @@ class ClientStore(VectorStore):
             aliases = self._aliases()
             targets = set(aliases.values())
             real = [c.name for c in self.client.get_collections().collections]
-        return sorted({*aliases, *(n for n in real if n not in targets and _STAGING not in n)})
+        return sorted({*aliases, *(n for n in real if n not in targets and STAGING not in n)})
 
     def exists(self, name: str) -> bool:
         with self._errors():
@@ -212,7 +210,7 @@ class ClientStore(VectorStore):
         return [ScoredPoint(str(p.id), float(p.score), p.payload or {}) for p in points]
 
     def staging_name(self, name: str) -> str:
-        return f"{name}{_STAGING}{uuid.uuid4().hex[:8]}"
+        return f"{name}{STAGING}{uuid.uuid4().hex[:8]}"
 
     def publish(self, staging: str, name: str) -> None:
         with self._errors():

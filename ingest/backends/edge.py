@@ -41,12 +41,11 @@ from ingest.backends.base import (
     VectorStore,
 )
 from ingest.backends.errors import classify_message, in_use, missing_collection
-from ingest.schema import DENSE, INDEXED_FIELDS, RRF_K, SPARSE
+from ingest.schema import DENSE, INDEXED_FIELDS, RRF_K, SPARSE, STAGING
 from ragtune.errors import InvalidInput, RagtuneError, UpstreamUnavailable
 
 EDGE_DIR = "edge"
 _POINTER = "collection.json"
-_STAGING = ".build-"
 _SCHEMA_TYPES = {
     "keyword": edge.PayloadSchemaType.Keyword,
     "integer": edge.PayloadSchemaType.Integer,
@@ -94,7 +93,7 @@ class EdgeStore(VectorStore):
         return sorted(
             p.name
             for p in self._root.iterdir()
-            if _STAGING not in p.name and (p / _POINTER).is_file()
+            if STAGING not in p.name and (p / _POINTER).is_file()
         )
 
     def exists(self, name: str) -> bool:
@@ -291,7 +290,7 @@ class EdgeStore(VectorStore):
     # -- rebuilds and the index ------------------------------------------------------
 
     def staging_name(self, name: str) -> str:
-        return f"{name}{_STAGING}{uuid.uuid4().hex[:8]}"
+        return f"{name}{STAGING}{uuid.uuid4().hex[:8]}"
 
     def publish(self, staging: str, name: str) -> None:
         with self._mutex:
@@ -364,7 +363,7 @@ class EdgeStore(VectorStore):
         for path in self._root.iterdir():
             if not path.is_dir():
                 continue
-            if _STAGING in path.name or not (path / _POINTER).is_file():
+            if STAGING in path.name or not (path / _POINTER).is_file():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 self._remove_unnamed(path)

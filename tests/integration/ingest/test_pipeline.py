@@ -45,6 +45,23 @@ def test_first_run_writes_every_chunk_with_its_payload(ingester: Ingester, tmp_p
     manifest = Collection(ingester.store, C).manifest() or {}
     assert manifest["ids"] == {"scheme": "relative-to-root", "roots": [root.resolve().as_posix()]}
     assert "in_progress" not in manifest
+    assert manifest["embedder_dtype"] == ingester.embedder.dtype
+
+
+def test_another_embedder_dtype_is_recorded_but_not_refused(
+    ingester: Ingester, tmp_path: Path
+) -> None:
+    root = write_tree(tmp_path / "c")
+    ingester.run([root], IngestOptions(collection=C))
+    other = "bfloat16" if ingester.embedder.dtype == "float32" else "float32"
+    ingester.embedder.dtype = other  # type: ignore[assignment]
+    try:
+        extra = write_jsonl(tmp_path / "more.jsonl", synthetic_records(1))
+        report = ingester.run([root, extra], IngestOptions(collection=C))
+    finally:
+        ingester.embedder.dtype = "float32" if other == "bfloat16" else "bfloat16"  # type: ignore[assignment]
+    assert report.added == ["d0"]
+    assert (Collection(ingester.store, C).manifest() or {})["embedder_dtype"] == other
 
 
 def test_rerun_over_unchanged_input_writes_nothing(ingester: Ingester, tmp_path: Path) -> None:
