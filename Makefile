@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 VLLM_VENV ?= .venv-vllm
 export VLLM_VENV := $(abspath $(VLLM_VENV))
 
-.PHONY: setup vllm-venv browser model shipped-adapters run test test-fast lint docs bench bench-generate bench-api bench-hotswap evals eval-cases eval-reviews eval-squad eval-scifact adapters-trained adapter-review-json adapter-grounded-qa sweep-review-json clean
+.PHONY: setup vllm-venv browser model shipped-adapters run test test-fast lint docs bench bench-generate bench-api bench-retrieval bench-hotswap evals eval-cases eval-reviews eval-squad eval-scifact adapters-trained adapter-review-json adapter-grounded-qa sweep-review-json clean
 
 $(BIN)/ragtune: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -123,6 +123,10 @@ bench-generate: model vllm-venv
 
 bench-api: setup vllm-venv
 	$(BIN)/python -m bench.api
+
+# Qdrant Edge against qdrant-client's local mode on SciFact's vectors, 10k and 100k points.
+bench-retrieval: setup
+	$(BIN)/python -m bench.retrieval
 
 bench-hotswap: model vllm-venv
 	$(BIN)/python -m bench.hotswap

@@ -105,7 +105,7 @@ def ingest(
         report = ingester.run(paths, opts)
         if not report.dry_run and not report.wrote_nothing:
             # Here, in the ingest process: building the index holds the interpreter for as
-            # long as it takes (97 s at 100k points), which a serving process cannot afford.
+            # long as it takes (97-146 s at 100k points here), which serving cannot afford.
             parts.store.optimize(
                 opts.collection, progress=lambda line: print(line, file=sys.stderr)
             )

@@ -42,7 +42,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] =
                 {
                     "collection": name,
                     "points": store.count(name),
-                    "indexed_vectors": index.indexed_vectors if index else None,
+                    "dense_indexed": index.dense_indexed if index else None,
                     "segments": index.segments if index else None,
                 }
             )
@@ -55,7 +55,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] =
         print(json.dumps(summary, indent=2))
         return 0
     print(f"{summary['store']} store at {summary['where']}")
-    table = Table("collection", "points", "indexed vectors", "segments")
+    table = Table("collection", "points", "in the HNSW index", "segments")
     for row in rows:
         table.add_row(*(str("-" if v is None else v) for v in row.values()))
     print_table(table)

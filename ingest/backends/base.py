@@ -69,8 +69,8 @@ class IndexStatus:
     """How much of a collection the vector index covers (the rest is searched exactly)."""
 
     points: int
-    # Over all named vectors: 2 x points once both the dense and the sparse index are built.
-    indexed_vectors: int
+    # Dense vectors in an HNSW index (the rest are searched exactly).
+    dense_indexed: int
     segments: int
 
 

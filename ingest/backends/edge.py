@@ -315,7 +315,9 @@ class EdgeStore(VectorStore):
             info = self._call(name, lambda s: s.info())
         return IndexStatus(
             points=int(info.points_count),
-            indexed_vectors=int(info.indexed_vectors_count),
+            # Qdrant counts every named vector's indexed vectors, and the sparse index always
+            # covers every point: what is left is the dense vectors HNSW covers.
+            dense_indexed=max(0, int(info.indexed_vectors_count) - int(info.points_count)),
             segments=int(info.segments_count),
         )
 

@@ -61,7 +61,7 @@ class CollectionStatus(BaseModel):
     points: int
     # Vectors the HNSW index covers (the rest is searched exactly); None where the store
     # does not say (a Qdrant server, qdrant-client's local mode).
-    indexed_vectors: int | None
+    dense_indexed: int | None
     segments: int | None
 
 

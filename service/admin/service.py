@@ -232,7 +232,7 @@ def _store_status(store: VectorStore) -> StoreStatus:
             CollectionStatus(
                 name=name,
                 points=store.count(name),
-                indexed_vectors=index.indexed_vectors if index else None,
+                dense_indexed=index.dense_indexed if index else None,
                 segments=index.segments if index else None,
             )
         )

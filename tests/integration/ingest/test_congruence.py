@@ -546,7 +546,7 @@ def test_hnsw_index_finds_what_exact_search_finds(
         assert indexed.optimize(C)
         after = indexed.index_status(C)
         # The dense vectors are in the HNSW graph now (sparse ones always are indexed).
-        assert after.indexed_vectors - before.indexed_vectors == len(points)
+        assert (before.dense_indexed, after.dense_indexed) == (0, len(points))
         recalls = []
         modes: tuple[Mode, ...] = ("dense", "hybrid")
         for mode in modes:
