@@ -18,6 +18,8 @@ __all__ = ["MODES", "FilterValue", "Filters", "Hit", "Mode", "Retriever", "build
 _CANDIDATES_PER_RESULT = 3
 # Chunks fetched per document wanted when results are grouped by document.
 _CHUNKS_PER_DOCUMENT = 3
+# Extra results fetched so that equal scores at the cut are settled by id, not by the store.
+_TIE_MARGIN = 8
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,10 @@ class Retriever:
             score_threshold=score_threshold,
         )
         if not per_document:
-            return [_hit(p) for p in self.store.search(self.collection.name, search)]
+            wider = replace(search, limit=top_k + _TIE_MARGIN)
+            return [
+                _hit(p) for p in _ranked(self.store.search(self.collection.name, wider))[:top_k]
+            ]
         return self._best_per_document(search, top_k)
 
     def _best_per_document(self, search: Search, top_k: int) -> list[Hit]:
@@ -115,7 +120,7 @@ class Retriever:
         depth = top_k * _CHUNKS_PER_DOCUMENT
         while True:
             deeper = replace(search, limit=depth, depth=depth)
-            points = self.store.search(self.collection.name, deeper)
+            points = _ranked(self.store.search(self.collection.name, deeper))
             best: dict[str, Hit] = {}
             for point in points:
                 hit = _hit(point)
@@ -127,6 +132,14 @@ class Retriever:
     def embed_query(self, query: str) -> list[float]:
         """The query's dense vector."""
         return [float(x) for x in self.embedder.encode([query])[0]]
+
+
+def _ranked(points: list[ScoredPoint]) -> list[ScoredPoint]:
+    """Best first, equal scores by id. Ties are common in hybrid search (two chunks that trade
+    ranks between the dense and the sparse side fuse to the same score), and Qdrant Edge
+    returns tied points in an order that changes between openings of a store: without this the
+    same question could get its sources in another order, and so another prompt and answer."""
+    return sorted(points, key=lambda p: (-p.score, p.id))
 
 
 def _hit(point: ScoredPoint) -> Hit:

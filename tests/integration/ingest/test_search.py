@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
 
-from ingest.backends.base import VectorStore
+from ingest.backends.base import NewPoint, VectorStore
 from ingest.embedder import Embedder
 from ingest.pipeline import Ingester, IngestOptions
 from ingest.search import Retriever, build_filter, parse_filters
@@ -84,3 +85,40 @@ def test_parse_filters_types_values_and_merges_repeats() -> None:
         parse_filters(["novalue"])
     with pytest.raises(InvalidInput, match="of one type"):
         build_filter({"a": [1, "x"]})
+
+
+def test_equal_scores_come_back_in_id_order_whatever_the_store_returns(
+    ingester: Ingester,
+) -> None:
+    """Ties settle by id, also at the cut: the same question always builds the same prompt."""
+    store, embedder, sparse = ingester.store, ingester.embedder, ingester.sparse
+    store.create("ties", embedder.dim, ingester.manifest())
+    query = "tidal harbours"
+    near, far = (v.tolist() for v in embedder.encode([query, "harbour walls at low tide"]))
+    ids = sorted(str(uuid.uuid4()) for _ in range(6))
+    # Exact ties: the same vectors, stored highest id first (a store that breaks ties by
+    # storage order would return that one first).
+    same = [NewPoint(i, near, sparse.encode_document(query), {"doc_id": i}) for i in ids]
+    store.upsert("ties", same[::-1])
+    retriever = Retriever(store, embedder, sparse, "ties")
+    for mode in ("dense", "sparse"):
+        hits = retriever.search(query, mode=mode, top_k=3)  # type: ignore[arg-type]
+        assert [h.id for h in hits] == ids[:3], mode
+        assert len({h.score for h in hits}) == 1
+        grouped = retriever.search(query, mode=mode, top_k=2, per_document=True)  # type: ignore[arg-type]
+        assert [h.doc_id for h in grouped] == ids[:2], mode
+
+    # Fused ties: two chunks that trade ranks between the dense and the sparse side get the
+    # same reciprocal-rank score (1/2 + 1/3).
+    store.create("fused", embedder.dim, ingester.manifest())
+    low, high = ids[0], ids[-1]
+    store.upsert(
+        "fused",
+        [
+            NewPoint(high, near, sparse.encode_document("tidal"), {"doc_id": high}),
+            NewPoint(low, far, sparse.encode_document(query), {"doc_id": low}),
+        ],
+    )
+    fused = Retriever(store, embedder, sparse, "fused").search(query, mode="hybrid", top_k=2)
+    assert fused[0].score == fused[1].score
+    assert [h.id for h in fused] == [low, high]
