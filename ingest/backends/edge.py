@@ -163,13 +163,14 @@ class EdgeStore(VectorStore):
         return value
 
     def _shard(self, name: str) -> edge.EdgeShard:
-        """The collection's open shard; a collection rebuilt or dropped since is re-read."""
+        """The collection's open shard. Only this process changes the store (it holds the
+        lock), and `publish` and `drop` close what they replace, so an open shard is current:
+        searches do not read `collection.json` again."""
         with self._mutex:
-            pointer = self._pointer(name)
             open_shard = self._shards.get(name)
-            if open_shard is not None and open_shard.pointer.get("shard") == pointer["shard"]:
+            if open_shard is not None:
                 return open_shard.shard
-            self._close_shard(name)
+            pointer = self._pointer(name)
             try:
                 opened = _Shard(self._root / name, pointer)
             except Exception as exc:  # Edge raises plain Exception with Qdrant's message.
