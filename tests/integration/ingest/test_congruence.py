@@ -2,15 +2,12 @@
 Qdrant Edge and into qdrant-client's local mode gives the same points, payloads and vectors,
 and every kind of retrieval ranks the same points with the same scores.
 
-Stores may order equal scores differently, so rankings are compared by groups of equal score
-(`tie_differences`). Hybrid search fuses prefetch *positions* (RRF), so points tied inside a
-prefetch may take their positions in another order on each store and get other fused scores;
-such a difference is accepted only when it is explained that way (`prefetch_tie_differences`).
+Stores may order equal scores differently, and hybrid search fuses prefetch positions; how
+rankings are compared despite that is tests/fixtures/rankings.py.
 """
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -26,20 +23,28 @@ from ingest.backends.client import ClientStore
 from ingest.backends.edge import EdgeStore
 from ingest.embedder import Embedder
 from ingest.pipeline import Ingester, IngestOptions
-from ingest.schema import RRF_K, point_id
+from ingest.schema import point_id
 from ingest.search import Retriever
 from ingest.sparse import SparseEncoder
 from tests.conftest import make_chunker
 from tests.fixtures.collections import Snapshot, differences, snapshot
 from tests.fixtures.corpus import MARKDOWN, synthetic_records, write_jsonl, write_tree
+from tests.fixtures.rankings import (
+    COLLECTION,
+    EVERYTHING,
+    Ranking,
+    close,
+    deepened,
+    prefetch_tie_differences,
+    ranked,
+    score_groups,
+    search_differences,
+    tie_differences,
+)
 
-C = "kb"
+C = COLLECTION
 MODES: tuple[Mode, ...] = ("dense", "sparse", "hybrid")
-# Relative tolerance on scores: Edge computes in float32, the local mode partly in float64.
-REL_TOL = 1e-4
 LIMIT = 10
-# Whatever a "deeper" search asks for: more than the corpus has chunks.
-EVERYTHING = 500
 TOPICS = {
     "bees.txt": "Honey bees dance to tell the hive where flowers are. A colony keeps one queen.",
     "volcano.txt": "Volcanoes erupt when magma rises through the crust. Lava cools into basalt.",
@@ -90,143 +95,6 @@ FILTERS: tuple[Filters, ...] = (
     {"file_type": "txt"},
     {"doc_id": ["topics/copy-a.txt", "topics/copy-b.txt", "guide.md"]},
 )
-
-Scored = tuple[str, float]
-Ranking = list[Scored]
-
-
-# -- comparing rankings ----------------------------------------------------------------------
-
-
-def _close(a: float, b: float) -> bool:
-    return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=1e-7)
-
-
-def score_groups(ranking: Ranking) -> list[tuple[float, set[str]]]:
-    """Consecutive results of equal score (within tolerance of the group's first)."""
-    groups: list[tuple[float, set[str]]] = []
-    for key, score in ranking:
-        if groups and _close(score, groups[-1][0]):
-            groups[-1][1].add(key)
-        else:
-            groups.append((score, {key}))
-    return groups
-
-
-def _group_at(ranking: Sequence[Scored], score: float) -> set[str]:
-    return {key for key, s in ranking if _close(s, score)}
-
-
-def tie_differences(
-    a: Ranking, b: Ranking, limit: int, deep_a: Sequence[Scored] = (), deep_b: Sequence[Scored] = ()
-) -> list[str]:
-    """How two rankings of one search differ beyond the order of equal scores.
-
-    The sequence of score groups must match, with the same keys in each group; the last group,
-    when `limit` may have cut it, can hold different members of one tie, so each side's must lie
-    in the other's whole group, read from `deep_*` (the same search with a higher limit).
-    """
-    if len(a) != len(b):
-        return [f"{len(a)} results != {len(b)}: {a} != {b}"]
-    ga, gb = score_groups(a), score_groups(b)
-    if [len(k) for _, k in ga] != [len(k) for _, k in gb]:
-        return [f"score groups differ: {ga} != {gb}"]
-    found = []
-    for i, ((sa, ka), (sb, kb)) in enumerate(zip(ga, gb, strict=True)):
-        if not _close(sa, sb):
-            found.append(f"group {i}: score {sa} != {sb}")
-        elif i == len(ga) - 1 and len(a) == limit and ka != kb:
-            whole_a, whole_b = _group_at(deep_a, sa), _group_at(deep_b, sb)
-            if not (ka <= whole_b and kb <= whole_a):
-                found.append(f"last group {i} (cut at {limit}): {ka} vs {kb}, ties {whole_a}")
-        elif ka != kb:
-            found.append(f"group {i} at {sa:.5f}: {sorted(ka)} != {sorted(kb)}")
-    return found
-
-
-def has_ties(ranking: Ranking) -> bool:
-    return any(len(keys) > 1 for _, keys in score_groups(ranking))
-
-
-def rrf(prefetches: Sequence[Ranking], limit: int, threshold: float | None = None) -> Ranking:
-    """Reciprocal rank fusion as Qdrant defines it: the sum of 1 / (k + position from 0)."""
-    fused: dict[str, float] = {}
-    for ranking in prefetches:
-        for position, (key, _) in enumerate(ranking):
-            fused[key] = fused.get(key, 0.0) + 1.0 / (RRF_K + position)
-    ranked = sorted(fused.items(), key=lambda kv: -kv[1])
-    return [kv for kv in ranked if threshold is None or kv[1] >= threshold][:limit]
-
-
-def ranked(store: VectorStore, search: Search) -> Ranking:
-    return [(p.id, p.score) for p in store.search(C, search)]
-
-
-def _deep(search: Search) -> Search:
-    # For hybrid the prefetch depth stays: the fused list at this depth, whole.
-    return replace(search, limit=EVERYTHING)
-
-
-def prefetch_tie_differences(
-    stores: dict[str, VectorStore], search: Search, direct: list[str]
-) -> list[str]:
-    """`direct` (a hybrid search's differences) unless ties in a prefetch explain them.
-
-    They do when some prefetch holds tied points, both prefetches agree across the stores
-    modulo ties, and each store's fused ranking is RRF (k = RRF_K) over its own prefetches:
-    then the stores differ only in the positions they gave tied points before fusing.
-    """
-    prefetch = {
-        kind: {
-            mode: ranked(
-                store, replace(search, mode=mode, limit=search.depth, score_threshold=None)
-            )
-            for mode in ("dense", "sparse")
-        }
-        for kind, store in stores.items()
-    }
-    if not any(has_ties(r) for per_store in prefetch.values() for r in per_store.values()):
-        return direct
-    found = []
-    (ka, a), (kb, b) = stores.items()
-    for mode in ("dense", "sparse"):
-        deeper = replace(search, mode=mode, limit=EVERYTHING, score_threshold=None)
-        found += [
-            f"{mode} prefetch: {d}"
-            for d in tie_differences(
-                prefetch[ka][mode],
-                prefetch[kb][mode],
-                search.depth,
-                ranked(a, deeper),
-                ranked(b, deeper),
-            )
-        ]
-    for kind, store in stores.items():
-        own = [prefetch[kind]["dense"], prefetch[kind]["sparse"]]
-        found += [
-            f"{kind} is not RRF over its own prefetches: {d}"
-            for d in tie_differences(
-                ranked(store, search),
-                rrf(own, search.limit, search.score_threshold),
-                search.limit,
-                ranked(store, _deep(search)),
-                rrf(own, EVERYTHING, search.score_threshold),
-            )
-        ]
-    return found
-
-
-def search_differences(stores: dict[str, VectorStore], search: Search) -> list[str]:
-    """How the stores' answers to one search differ, beyond what ties allow."""
-    (_, a), (_, b) = stores.items()
-    deep = _deep(search)
-    direct = tie_differences(
-        ranked(a, search), ranked(b, search), search.limit, ranked(a, deep), ranked(b, deep)
-    )
-    if direct and search.mode == "hybrid":
-        return prefetch_tie_differences(stores, search, direct)
-    return direct
-
 
 # -- the corpus and the stores ---------------------------------------------------------------
 
@@ -480,7 +348,7 @@ def test_per_document_rankings_agree(
         # The whole per-document ranking Retriever's first pass (3 chunks a document) sees.
         first_pass = replace(make_search(vectors, query, mode, limit=3 * top_k), depth=3 * top_k)
         deep = {
-            kind: _best_per_document(store.search(C, _deep(first_pass)))
+            kind: _best_per_document(store.search(C, deepened(first_pass)))
             for kind, store in stores.items()
         }
         direct = tie_differences(hits["edge"], hits["local"], top_k, deep["edge"], deep["local"])
@@ -522,7 +390,7 @@ def _recall(approx: Ranking, exact: Ranking, deep_exact: Ranking) -> float:
     if not exact:
         return 1.0
     floor = exact[-1][1]
-    acceptable = {k for k, s in deep_exact if s >= floor or _close(s, floor)}
+    acceptable = {k for k, s in deep_exact if s >= floor or close(s, floor)}
     return sum(k in acceptable for k, _ in approx) / len(exact)
 
 
@@ -553,7 +421,7 @@ def test_hnsw_index_finds_what_exact_search_finds(
             for query in QUERIES:
                 search = make_search(vectors, query, mode)
                 found, wanted = ranked(indexed, search), ranked(exact, search)
-                recalls.append(_recall(found, wanted, ranked(exact, _deep(search))))
+                recalls.append(_recall(found, wanted, ranked(exact, deepened(search))))
         assert sum(recalls) / len(recalls) >= 0.99
     finally:
         indexed.close()
