@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from bench.retrieval import DEFAULT_SCIFACT, NAME, Context, fill, grow, load_data, log
+from bench.retrieval import NAME, fill
+from bench.retrieval_data import DEFAULT_SCIFACT, Context, grow, load_data, log
 from engine.model import default_model_dir
 from ingest.embedder import Embedder
 from ingest.sparse import SparseEncoder
