@@ -28,12 +28,13 @@ MIGRATE_HINT = "`ragtune store migrate`"
 
 def open_store(settings: Settings) -> VectorStore:
     """The configured store: the server at `qdrant.url`, else embedded at `qdrant.path`."""
-    from ingest.backends.client import ClientStore
+    from ingest.backends.client import ClientStore, Layout
 
     q = settings.qdrant
     if q.url:
+        layout = Layout(q.shard_number, q.replication_factor, q.write_consistency_factor)
         return ClientStore.server(
-            q.url, q.api_key.get_secret_value() if q.api_key else None, q.timeout_s
+            q.url, q.api_key.get_secret_value() if q.api_key else None, q.timeout_s, layout
         )
     location = settings.qdrant_location()
     if q.embedded == "local":

@@ -57,6 +57,38 @@ class QdrantSettings(_Section):
         "ingest (never while serving); below it, search is exact.",
     )
 
+    shard_number: int | None = Field(
+        default=None,
+        ge=1,
+        description="Shards of each collection ragtune creates on a Qdrant server (a cluster: "
+        "about 2 per node lets Qdrant move shards when nodes are added); unset is the server's "
+        "default (1). Ignored by the embedded store.",
+    )
+    replication_factor: int | None = Field(
+        default=None,
+        ge=1,
+        description="Copies of each shard on a Qdrant cluster (2: a node can be lost or "
+        "restarted without losing reads or writes); unset is the server's default (1). "
+        "Ignored by the embedded store.",
+    )
+    write_consistency_factor: int | None = Field(
+        default=None,
+        ge=1,
+        description="Replicas that must acknowledge a write before it succeeds (at most "
+        "`replication_factor`); unset is the server's default (1).",
+    )
+
+    @model_validator(mode="after")
+    def _consistency_within_replicas(self) -> QdrantSettings:
+        wcf, rf = self.write_consistency_factor, self.replication_factor or 1
+        if wcf is not None and wcf > rf:
+            raise ValueError(
+                f"qdrant.write_consistency_factor ({wcf}) is more than the copies of each "
+                f"shard (qdrant.replication_factor = {rf}): no write could ever succeed; set "
+                "it at most to replication_factor"
+            )
+        return self
+
     @field_validator("api_key", mode="before")
     @classmethod
     def _empty_key_is_none(cls, value: Any) -> Any:

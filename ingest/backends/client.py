@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +31,33 @@ _SCHEMA_TYPES = {
 }
 
 
+@dataclass(frozen=True)
+class Layout:
+    """How a server spreads a new collection over a cluster (None: the server's default).
+    Collections built by `--reindex` get it too: they are created the same way."""
+
+    shard_number: int | None = None
+    replication_factor: int | None = None
+    write_consistency_factor: int | None = None
+
+
 class ClientStore(VectorStore):
     """Collections on a Qdrant server or in qdrant-client's local mode. A collection rebuilt
     with `--reindex` is built under a staging name and published by moving a Qdrant collection
     alias, so readers never see it half-built."""
 
-    def __init__(self, client: QdrantClient, kind: str, where: str) -> None:
+    def __init__(
+        self, client: QdrantClient, kind: str, where: str, layout: Layout | None = None
+    ) -> None:
         self.client = client
         self.kind = kind
         self.where = where
+        self.layout = layout or Layout()
 
     @classmethod
-    def server(cls, url: str, api_key: str | None, timeout_s: float) -> ClientStore:
+    def server(
+        cls, url: str, api_key: str | None, timeout_s: float, layout: Layout | None = None
+    ) -> ClientStore:
         client = QdrantClient(
             url=url,
             api_key=api_key,
@@ -51,7 +67,7 @@ class ClientStore(VectorStore):
             # server is reported instead by the first request, as UpstreamUnavailable.
             check_compatibility=False,
         )
-        return cls(client, "server", url)
+        return cls(client, "server", url, layout)
 
     @classmethod
     def local(cls, location: str) -> ClientStore:
@@ -98,6 +114,9 @@ class ClientStore(VectorStore):
                     SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)
                 },
                 metadata={"ragtune": manifest},
+                shard_number=self.layout.shard_number,
+                replication_factor=self.layout.replication_factor,
+                write_consistency_factor=self.layout.write_consistency_factor,
             )
             if self.kind == "server":
                 # The local mode has no payload indexes (it scans every payload).
