@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -258,6 +259,7 @@ class LLMSettings(_Section):
 
 
 API_KEY_MIN_LENGTH = 16
+_ORIGIN = re.compile(r"https?://[^/\s?#@]+")
 _KEY_ADVICE = (
     f"use random keys of at least {API_KEY_MIN_LENGTH} characters (e.g. `openssl rand -hex 32`)"
 )
@@ -307,6 +309,67 @@ class ApiSettings(_Section):
         "be rotated without downtime. Each at least 16 printable ASCII characters, none equal "
         "to `admin.token`.",
     )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a request's headers, and then its body, may take to arrive; a "
+        "slower one (a slow-loris client) gets 408 and its connection is closed. Raise it for "
+        "large adapter uploads over slow links.",
+    )
+    max_header_bytes: int = Field(
+        default=16_384,
+        ge=1_024,
+        le=1_048_576,
+        description="The largest request line and header block `ragtune serve` reads; a larger "
+        "one gets 431.",
+    )
+    max_json_depth: int = Field(
+        default=64,
+        ge=2,
+        le=1_000,
+        description="How deeply a JSON body may nest arrays and objects; a deeper one gets 422 "
+        "before it is parsed.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call the API (CORS), a JSON list such as "
+        '`["https://app.example.com"]`; `["*"]` allows any origin. Empty means no CORS headers '
+        "(browsers on other origins are refused). Credentials (cookies) are never allowed: "
+        "send API keys as a bearer token.",
+    )
+    shutdown_timeout_s: int = Field(
+        default=30,
+        ge=1,
+        le=3_600,
+        description="On SIGTERM, seconds `ragtune serve` lets requests and streams in flight "
+        "finish (no new connections are accepted) before it cuts them and exits.",
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins_list(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise ValueError(
+                "api.cors_origins must be a JSON list, e.g. "
+                "RAGTUNE_API__CORS_ORIGINS='[\"https://app.example.com\"]'"
+            ) from None
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for i, origin in enumerate(origins):
+            # What a browser sends in Origin: scheme://host[:port], nothing after it.
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"api.cors_origins[{i}] ({origin!r}) is not an origin: write "
+                    "scheme://host[:port] with no path or trailing slash, e.g. "
+                    "https://app.example.com, or * for any origin"
+                )
+        return origins
 
     @field_validator("keys", mode="before")
     @classmethod

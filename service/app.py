@@ -33,7 +33,7 @@ from service.feedback.service import FeedbackService
 from service.heap import frozen_startup_heap
 from service.hotswap.manager import AdapterManager
 from service.journal import Journal
-from service.limits import BodySizeLimit
+from service.limits import RequestLimits
 from service.metrics import Metrics, RequestMetrics
 from service.rag.retrieval import RetrievalService
 from service.routes.loader import load_served_routes
@@ -83,10 +83,14 @@ def create_app(
     install_error_handlers(app, settings.api.retry_after_s)
     app.add_middleware(RequestMetrics)
     app.add_middleware(
-        BodySizeLimit,
+        RequestLimits,
         max_bytes=settings.api.max_body_bytes,
+        body_timeout_s=settings.api.body_timeout_s,
+        max_json_depth=settings.api.max_json_depth,
         exempt={f"{ADMIN_PREFIX}/adapters/upload": settings.admin.max_upload_bytes},
     )
+    if settings.api.cors_origins:
+        _allow_cors(app, settings.api.cors_origins)
     from service.chat.router import router as chat_router
     from service.feedback.router import router as feedback_router
     from service.health.router import router as health_router
@@ -109,6 +113,23 @@ def create_app(
 
         document_api_keys(app, [chat_router, summarize_router, openai_router, feedback_router])
     return app
+
+
+def _allow_cors(app: FastAPI, origins: list[str]) -> None:
+    """CORS for the listed origins only (outermost, so preflights and refusals carry it).
+    Never with credentials: keys travel in the Authorization header, which a page sets itself;
+    cookies never authenticate here, so no origin is given a way to spend a user's."""
+    from starlette.middleware.cors import CORSMiddleware
+
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=origins,
+        allow_credentials=False,
+        allow_methods=["GET", "POST", "PUT", "DELETE"],
+        allow_headers=["authorization", "content-type"],
+        expose_headers=["retry-after"],
+        max_age=600,
+    )
 
 
 async def _build(

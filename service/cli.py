@@ -56,10 +56,10 @@ def serve(
     *,
     suite_gate: SuiteGate | None = None,
 ) -> int:
-    """Serve the API until Ctrl-C; 1 when it could not start."""
-    import uvicorn
-
+    """Serve the API until Ctrl-C or SIGTERM (requests in flight drain first, up to
+    api.shutdown_timeout_s); 1 when it could not start."""
     from service.app import create_app
+    from service.server import Server, server_config, sigterm_drains
 
     settings = Settings()
     api = settings.api.model_copy(
@@ -73,30 +73,11 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     # A bad routes file stops here, with the route and field named.
     app = create_app(settings, suite_gate=suite_gate)
-    config = uvicorn.Config(app, host=api.host, port=api.port, log_level=log_level)
-    server = _server_class()(config, banner=banner(settings))
+    server = Server(server_config(app, api, log_level), banner=banner(settings))
     # uvicorn re-raises the Ctrl-C it has already handled by shutting down cleanly.
-    with contextlib.suppress(KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt), sigterm_drains(server):
         server.run()
     return 0 if server.started else 1
-
-
-def _server_class() -> type:
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        """Prints the banner once the app is started (the model and clients are loaded)."""
-
-        def __init__(self, config: uvicorn.Config, banner: str) -> None:
-            super().__init__(config)
-            self.banner = banner
-
-        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-            await super().startup(sockets)
-            if self.started:
-                print(self.banner, flush=True)
-
-    return Server
 
 
 def _loopback(host: str) -> bool:
