@@ -61,7 +61,7 @@ class RegistryState(BaseModel):
 
 def check_name(value: str, what: str = "adapter name") -> str:
     """Refuse names that could not be a folder name, a URL segment or part of a ref."""
-    if not NAME_PATTERN.match(value):
+    if not NAME_PATTERN.fullmatch(value):
         raise InvalidInput(
             f"{what} {value!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
             f"starting with a letter or digit"
@@ -72,7 +72,7 @@ def check_name(value: str, what: str = "adapter name") -> str:
 def parse_ref(ref: str) -> tuple[str, str]:
     """Split `name@version`, refusing anything else."""
     name, sep, version = ref.partition("@")
-    if not sep or not NAME_PATTERN.match(name) or not VERSION_PATTERN.match(version):
+    if not sep or not NAME_PATTERN.fullmatch(name) or not VERSION_PATTERN.fullmatch(version):
         raise InvalidInput(
             f"{ref!r} is not an adapter ref; write name@version (16 hex digits), as "
             f"`ragtune adapters list` shows"

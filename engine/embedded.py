@@ -25,6 +25,9 @@ from ragtune.errors import AdapterError, InvalidInput, NotFound
 from ragtune.settings import LLMSettings
 
 _DONE = object()
+# vLLM's rule: a temperature below this is greedy (the logits divided by 1e-300 overflow, and
+# sampling from the resulting NaN probabilities raises).
+_GREEDY_BELOW = 1e-5
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,7 @@ class EmbeddedBackend:
             "stopping_criteria": StoppingCriteriaList([_Stop()]),
             "pad_token_id": self._tokenizer.pad_token_id,
         }
-        if sampling.temperature > 0:
+        if sampling.temperature >= _GREEDY_BELOW:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)

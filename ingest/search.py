@@ -152,6 +152,9 @@ def build_filter(filters: Filters) -> dict[str, FilterValue | list[FilterValue]]
     for key, value in filters.items():
         if not key:
             raise InvalidInput("a filter needs a field name, as in key=value")
+        for number in [value] if isinstance(value, str | int | bool) else value:
+            if isinstance(number, int) and not -(2**63) <= number < 2**63:
+                raise InvalidInput(f"filter {key!r}: {number} is outside Qdrant's 64-bit integers")
         if isinstance(value, str | int | bool):
             checked[key] = value
             continue

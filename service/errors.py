@@ -105,6 +105,10 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
 
     @app.exception_handler(HTTPException)
     async def http(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            # FastAPI's vague 400 for a JSON body that is not UTF-8: invalid JSON, like any.
+            message = f"the body is not valid JSON (not UTF-8 text: {exc.__cause__.reason})"
+            return respond(request, 422, error_body(message, "invalid_request_error"))
         type_ = _HTTP_TYPES.get(exc.status_code, "invalid_request_error")
         code = exc.code if isinstance(exc, CodedHTTPException) else None
         response = respond(request, exc.status_code, error_body(str(exc.detail), type_, code=code))

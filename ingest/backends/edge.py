@@ -412,16 +412,26 @@ def _filter(filters: Filters | None) -> edge.Filter | None:
     must: list[Any] = []
     for key, value in filters.items():
         if isinstance(value, str | int | bool):
-            must.append(edge.FieldCondition(key, match=edge.MatchValue(value)))
+            must.append(_condition(key, edge.MatchValue(value)))
             continue
         values = list(value)
         if all(isinstance(v, bool) for v in values):
             # MatchAny takes strings or integers only: any of several booleans.
-            options = [edge.FieldCondition(key, match=edge.MatchValue(v)) for v in values]
+            options = [_condition(key, edge.MatchValue(v)) for v in values]
             must.append(edge.Filter(should=list(options)))
         else:
-            must.append(edge.FieldCondition(key, match=edge.MatchAny(values)))  # type: ignore[arg-type]
+            must.append(_condition(key, edge.MatchAny(values)))  # type: ignore[arg-type]
     return edge.Filter(must=must)
+
+
+def _condition(key: str, match: Any) -> edge.FieldCondition:
+    try:
+        return edge.FieldCondition(key, match=match)
+    except ValueError:  # Qdrant's path grammar: the caller's mistake, not a 500
+        raise InvalidInput(
+            f"filter field {key!r} is not a payload path Qdrant reads: use letters, digits, "
+            "'_' or '-', with '.' between nested fields"
+        ) from None
 
 
 def _stored(record: edge.Record) -> StoredPoint:

@@ -6,15 +6,18 @@ from __future__ import annotations
 import asyncio
 import hmac
 from collections.abc import Callable, Coroutine
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, Security
 from fastapi.routing import APIRoute
+from fastapi.security import HTTPBearer
 
 from adapters.registry import AliasRecord
 from service.admin.schemas import (
+    NAME,
+    REF,
     AliasRequest,
     AuditEntries,
     RegisterRequest,
@@ -24,9 +27,22 @@ from service.admin.schemas import (
 )
 from service.deps import AdminDep, SettingsDep, state_of
 from service.limits import TooLarge
+from service.openapi import BODY, errors
 
 # Upload pieces are gathered up to this size, then written on a worker thread.
 _WRITE_BYTES = 1 << 20
+# The upload's body: read as a stream by the endpoint, so FastAPI cannot document it.
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_ARCHIVE = {
+    "required": True,
+    "description": "The PEFT adapter folder as a zip or tar(.gz) archive.",
+    "content": {
+        "application/zip": _BINARY,
+        "application/gzip": _BINARY,
+        "application/x-tar": _BINARY,
+        "application/octet-stream": _BINARY,
+    },
+}
 
 
 def authenticate(request: Request) -> str:
@@ -67,8 +83,23 @@ def _actor(request: Request) -> str:
 
 
 Actor = Annotated[str, Depends(_actor)]
+# Path segments, with the registry's rules documented (its checks word the refusals).
+Ref = Annotated[str, Path(json_schema_extra={"pattern": REF})]
+AliasName = Annotated[str, Path(json_schema_extra={"pattern": NAME})]
 Admin = AdminDep
-router = APIRouter(tags=["admin"], route_class=_AuthenticatedRoute)
+# Documents the bearer scheme in the OpenAPI schema (/docs offers "Authorize"); the check
+# itself is _AuthenticatedRoute's, done before this runs.
+_documented = HTTPBearer(
+    scheme_name="adminToken", description="The admin token (admin.token)", auto_error=False
+)
+# Every admin answer may be these: no token, a wrong one.
+_AUTH = (401, 403)
+router = APIRouter(
+    tags=["admin"],
+    route_class=_AuthenticatedRoute,
+    dependencies=[Security(_documented)],
+    responses=errors(*_AUTH),
+)
 
 
 @router.get("/adapters", response_model=RegistryListing)
@@ -76,7 +107,12 @@ async def list_adapters(admin: Admin) -> RegistryListing:
     return await admin.listing()
 
 
-@router.post("/adapters", response_model=RegisterResponse, status_code=201)
+@router.post(
+    "/adapters",
+    response_model=RegisterResponse,
+    status_code=201,
+    responses=errors(404, *BODY, 503),
+)
 async def register(body: RegisterRequest, admin: Admin, actor: Actor) -> RegisterResponse:
     """Register a folder under the adapter root; with `alias`, load it and point the alias."""
     record = await admin.register_path(actor, body.path, body.name, body.description, body.alias)
@@ -84,15 +120,21 @@ async def register(body: RegisterRequest, admin: Admin, actor: Actor) -> Registe
     return RegisterResponse(adapter=record, alias=alias)
 
 
-@router.post("/adapters/upload", response_model=RegisterResponse, status_code=201)
+@router.post(
+    "/adapters/upload",
+    response_model=RegisterResponse,
+    status_code=201,
+    responses=errors(400, 404, *BODY, 503),
+    openapi_extra={"requestBody": _ARCHIVE},
+)
 async def upload(
     request: Request,
     settings: SettingsDep,
     admin: Admin,
     actor: Actor,
-    name: Annotated[str, Query()],
+    name: Annotated[str, Query(json_schema_extra={"pattern": NAME})],
     description: Annotated[str, Query()] = "",
-    alias: Annotated[str | None, Query()] = None,
+    alias: Annotated[str | None, Query(json_schema_extra={"pattern": NAME})] = None,
 ) -> RegisterResponse:
     """Register an adapter sent as the body: a zip or tar(.gz) of the PEFT folder."""
     await admin.check_names(actor, name, alias)
@@ -120,7 +162,7 @@ async def upload(
         if not received:
             await admin.refused(actor, "upload", name, "empty body")
             raise HTTPException(400, "the body is empty; send the adapter as a zip or tar.gz")
-        archive = Path(spool.wrapped.name)
+        archive = FilePath(spool.wrapped.name)
         record = await admin.register_archive(
             actor, archive, name, description, settings.adapters.max_adapter_bytes
         )
@@ -128,23 +170,25 @@ async def upload(
     return RegisterResponse(adapter=record, alias=result)
 
 
-@router.delete("/adapters/{ref}", status_code=204)
-async def delete(ref: str, admin: Admin, actor: Actor) -> None:
+@router.delete("/adapters/{ref}", status_code=204, responses=errors(404, 422))
+async def delete(ref: Ref, admin: Admin, actor: Actor) -> None:
     await admin.delete(actor, ref)
 
 
-@router.post("/adapters/{ref}/load", status_code=204)
-async def load(ref: str, admin: Admin, actor: Actor) -> None:
+@router.post("/adapters/{ref}/load", status_code=204, responses=errors(404, 422, 503))
+async def load(ref: Ref, admin: Admin, actor: Actor) -> None:
     await admin.load(actor, ref)
 
 
-@router.post("/adapters/{ref}/unload", status_code=204)
-async def unload(ref: str, admin: Admin, actor: Actor) -> None:
+@router.post("/adapters/{ref}/unload", status_code=204, responses=errors(404, 422, 503))
+async def unload(ref: Ref, admin: Admin, actor: Actor) -> None:
     await admin.unload(actor, ref)
 
 
-@router.put("/aliases/{alias}", response_model=AliasRecord)
-async def set_alias(alias: str, body: AliasRequest, admin: Admin, actor: Actor) -> AliasRecord:
+@router.put("/aliases/{alias}", response_model=AliasRecord, responses=errors(404, 409, *BODY, 503))
+async def set_alias(
+    alias: AliasName, body: AliasRequest, admin: Admin, actor: Actor
+) -> AliasRecord:
     """Load the target on every backend, flip the alias, drain and unload the old version;
     with `require_suite`, only once the suite's gates hold for the target."""
     if body.require_suite is not None:
@@ -152,14 +196,16 @@ async def set_alias(alias: str, body: AliasRequest, admin: Admin, actor: Actor) 
     return await admin.set_alias(actor, alias, body.target)
 
 
-@router.delete("/aliases/{alias}", status_code=204)
-async def remove_alias(alias: str, admin: Admin, actor: Actor) -> None:
+@router.delete("/aliases/{alias}", status_code=204, responses=errors(404, 422, 503))
+async def remove_alias(alias: AliasName, admin: Admin, actor: Actor) -> None:
     """Forget an alias no route serves; the version it pointed at is unloaded once drained."""
     await admin.remove_alias(actor, alias)
 
 
-@router.post("/aliases/{alias}/rollback", response_model=AliasRecord)
-async def rollback(alias: str, admin: Admin, actor: Actor) -> AliasRecord:
+@router.post(
+    "/aliases/{alias}/rollback", response_model=AliasRecord, responses=errors(404, 422, 503)
+)
+async def rollback(alias: AliasName, admin: Admin, actor: Actor) -> AliasRecord:
     return await admin.rollback(actor, alias)
 
 
@@ -168,6 +214,6 @@ async def status(admin: Admin) -> Status:
     return await admin.status()
 
 
-@router.get("/audit", response_model=AuditEntries)
+@router.get("/audit", response_model=AuditEntries, responses=errors(422))
 async def audit(admin: Admin, limit: Annotated[int, Query(ge=1, le=1_000)] = 100) -> AuditEntries:
     return AuditEntries(entries=await asyncio.to_thread(admin.audit.tail, limit))

@@ -6,7 +6,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from adapters.records import NAME_PATTERN, VERSION_PATTERN
 from adapters.registry import AdapterRecord, AliasRecord
+
+# The registry's rules for names and refs (adapters/records.py), as the schema documents
+# them: only documented, since the registry's own check says what is wrong in words.
+_NAME = NAME_PATTERN.pattern.strip("^$")
+NAME = f"^{_NAME}$"
+REF = f"^{_NAME}@{VERSION_PATTERN.pattern.strip('^$')}$"
+REF_OR_ALIAS = f"^{_NAME}(@{VERSION_PATTERN.pattern.strip('^$')})?$"
 
 
 class _Strict(BaseModel):
@@ -16,15 +24,16 @@ class _Strict(BaseModel):
 class RegisterRequest(_Strict):
     # A folder under the adapter root (settings.adapters.root), relative to it.
     path: str = Field(min_length=1)
-    name: str
+    name: str = Field(json_schema_extra={"pattern": NAME})
     description: str = ""
     # Point this alias at the new version once it is loaded.
-    alias: str | None = None
+    alias: str | None = Field(default=None, json_schema_extra={"pattern": NAME})
 
 
 class AliasRequest(_Strict):
     target: str = Field(
-        description="a version ref (name@version), or another alias (its current target)"
+        description="a version ref (name@version), or another alias (its current target)",
+        json_schema_extra={"pattern": REF_OR_ALIAS},
     )
     require_suite: str | None = Field(
         default=None,

@@ -27,13 +27,25 @@ from service.chat.service import (
     SourcesEvent,
 )
 from service.deps import ChatDep
+from service.openapi import BODY, UPSTREAM, errors, event_stream
 from service.sse import sse_response
 
 # Behind the API keys when api.keys is set.
 router = APIRouter(tags=["chat"], route_class=ApiKeyRoute)
 
 
-@router.post("/v1/chat", response_model=ChatResponse | ChatDryRun)
+@router.post(
+    "/v1/chat",
+    response_model=ChatResponse | ChatDryRun,
+    responses={
+        **event_stream(
+            "With `stream`: the sources, the answer's pieces (delta), then done, or error "
+            "if answering failed after the 200 was sent.",
+            StreamEvent,
+        ),
+        **errors(401, 404, 409, *BODY, *UPSTREAM),
+    },
+)
 async def chat(body: ChatRequest, service: ChatDep, request: Request) -> Any:
     request.state.route_label = body.route
     call = to_call(body)

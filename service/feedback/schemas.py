@@ -17,8 +17,9 @@ class FeedbackRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    # The answer's `id`, from POST /v1/chat or POST /v1/chat/completions.
-    id: str
+    # The answer's `id`, from POST /v1/chat or POST /v1/chat/completions. The pattern is
+    # documented only: the validator below says what is wrong in words.
+    id: str = Field(json_schema_extra={"pattern": f"^{ANSWER_ID.pattern}$"})
     # -1 bad, 0 neither, 1 good.
     rating: Literal[-1, 0, 1]
     # The answer as it should have been; training prefers it to the model's.

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
 
 from ragtune.errors import RagtuneError
 from service.deps import BackendDep, MetricsDep, RetrievalDep, SettingsDep
@@ -17,12 +18,34 @@ router = APIRouter(tags=["health"])
 _CHECK_TIMEOUT_S = 5.0
 
 
-@router.get("/healthz")
+class Readiness(BaseModel):
+    status: Literal["ready", "unavailable"]
+    # Per dependency (qdrant, backend): "ok", or why not.
+    checks: dict[str, str]
+
+
+class Liveness(BaseModel):
+    status: Literal["ok"]
+
+
+@router.get("/healthz", response_model=Liveness)
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={
+        503: {
+            "model": Readiness,
+            "description": "A dependency did not answer; `checks` says which and why.",
+            "headers": {
+                "Retry-After": {"schema": {"type": "integer"}, "required": True},
+            },
+        }
+    },
+)
 async def readyz(
     retrieval: RetrievalDep, backend: BackendDep, settings: SettingsDep
 ) -> JSONResponse:
@@ -43,6 +66,6 @@ async def readyz(
     return JSONResponse(body, status_code=503, headers=headers)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(metrics: MetricsDep) -> Response:
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -11,7 +11,13 @@ from fastapi import APIRouter, Request
 from service.auth import ApiKeyRoute
 from service.deps import ChatDep, RoutesDep, SettingsDep
 from service.openai_api import service
-from service.openai_api.schemas import ChatCompletion, ChatCompletionRequest, ModelList
+from service.openai_api.schemas import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ModelList,
+)
+from service.openapi import BODY, UPSTREAM, StreamError, errors, event_stream
 from service.sse import sse_response
 
 # Behind the API keys when api.keys is set.
@@ -19,7 +25,19 @@ router = APIRouter(tags=["openai"], route_class=ApiKeyRoute)
 _STARTED = int(time.time())
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion)
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletion,
+    responses={
+        **event_stream(
+            "With `stream`: chat.completion.chunk events as OpenAI sends them, or an error "
+            "if answering failed after the 200 was sent.",
+            ChatCompletionChunk,
+            StreamError,
+        ),
+        **errors(401, 404, 409, *BODY, *UPSTREAM),
+    },
+)
 async def chat_completions(body: ChatCompletionRequest, chat: ChatDep, request: Request) -> Any:
     request.state.route_label = body.model
     call = service.to_call(body)
@@ -31,7 +49,7 @@ async def chat_completions(body: ChatCompletionRequest, chat: ChatDep, request: 
     return service.completion(await chat.answer(call))
 
 
-@router.get("/v1/models", response_model=ModelList)
+@router.get("/v1/models", response_model=ModelList, responses=errors(401))
 async def models(routes: RoutesDep, settings: SettingsDep) -> ModelList:
     base = await asyncio.to_thread(service.base_model_info, settings)
     return service.list_models(routes, _STARTED, base)

@@ -97,6 +97,31 @@ class ChatCompletion(BaseModel):
     ragtune: RagtuneExtra
 
 
+class ChunkDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: ChunkDelta
+    logprobs: None
+    finish_reason: str | None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One event of a streamed completion (service.chunks builds them): the role, the
+    content's pieces, the finish reason with `ragtune`, then `usage` alone if asked."""
+
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: CompletionUsage | None = None
+    ragtune: RagtuneExtra | None = None
+
+
 class RouteInfo(BaseModel):
     """ragtune's extension of a model (a route): what it is made of and what callers may change,
     so a client can check a request, and notice a changed route, before calling it."""

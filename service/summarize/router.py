@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from service.auth import ApiKeyRoute
 from service.chat.schemas import UsageOut
 from service.deps import SummarizeDep
+from service.openapi import BODY, UPSTREAM, errors
 from service.summarize.schemas import SummarizedDocument, SummarizeRequest, SummarizeResponse
 from service.summarize.service import SummarizeCall
 
@@ -14,7 +15,11 @@ from service.summarize.service import SummarizeCall
 router = APIRouter(tags=["summarize"], route_class=ApiKeyRoute)
 
 
-@router.post("/v1/summarize", response_model=SummarizeResponse)
+@router.post(
+    "/v1/summarize",
+    response_model=SummarizeResponse,
+    responses=errors(401, 404, 409, *BODY, *UPSTREAM),
+)
 async def summarize(
     body: SummarizeRequest, service: SummarizeDep, request: Request
 ) -> SummarizeResponse:
