@@ -4,6 +4,11 @@ Layout under `root`: `registry.json` (records and aliases, replaced atomically),
 (flock for every read-modify-write), `store/<name>/<version>/` (immutable adapter files) and
 `tmp/` (staging on the same filesystem, so a finished copy is renamed into place).
 Readers never lock: they re-read `registry.json`, which is only ever replaced whole.
+
+Each stored version also holds `.ragtune-sha256` (`sha256sum` format, so `sha256sum -c` checks
+it by hand) with its files' digests; the version itself is a digest of them. Loading a version
+(`path`) checks its files against both, so a file damaged on disk (truncated, flipped bytes) is
+refused by name instead of reaching an engine, which would load damaged weights silently.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from pydantic import ValidationError
 from adapters.policy import check_delete
 from adapters.records import AdapterRecord, AliasRecord, RegistryState, check_name, parse_ref
 from adapters.validate import ModelSpec, validate_adapter
-from ragtune.errors import InvalidInput, NotFound, RagtuneError
+from ragtune.errors import AdapterError, InvalidInput, NotFound, RagtuneError
 
 __all__ = [
     "AdapterRecord",
@@ -41,6 +46,8 @@ __all__ = [
 ]
 
 REGISTRY_FILE = "registry.json"
+# The digests of a stored version's files, written at registration (not part of the version).
+SUMS_FILE = ".ragtune-sha256"
 LOCK_FILE = ".lock"
 FORMAT = 1
 # Staging folders older than this were left by a process that died mid-copy.
@@ -100,12 +107,22 @@ class Registry:
         return _record(self.snapshot(), ref)
 
     def path(self, ref: str) -> Path:
-        """The folder holding the files of `name@version`."""
+        """The folder holding the files of `name@version`, checked against their digests
+        (AdapterError naming the damaged file): what engines load is what was registered."""
         record = self.get(ref)
         folder = self._store_dir(record.name, record.version)
         if not folder.is_dir():
             raise NotFound(
                 f"the files of {ref} are missing from {folder}; register the adapter again"
+            )
+        damage = damaged(folder, record.version)
+        if damage is not None:
+            raise AdapterError(
+                f"adapter {ref} is damaged on disk: {damage}. It is not loaded; other "
+                f"versions and routes are not affected. Register the adapter's original "
+                f"folder again to restore the files (`ragtune adapters register PATH --name "
+                f"{record.name}`: the same files are the same version), or point its aliases "
+                f"at another version (`ragtune adapters alias ALIAS REF`)"
             )
         return folder
 
@@ -140,13 +157,15 @@ class Registry:
             info = validate_adapter(
                 folder, self.model, max_rank=self.max_rank, max_bytes=self.max_bytes
             )
-            version, size = content_version(folder)
+            digests = _digests(folder)
+            version, size = _version(digests), _size(folder, digests)
+            _write_sums(folder, digests)
             _make_read_only(folder)
             with self._lock():
                 state = self.snapshot()
                 existing = state.find(f"{name}@{version}")
                 final = self._store_dir(name, version)
-                if existing is not None and final.is_dir():
+                if existing is not None and final.is_dir() and not damaged(final, version):
                     return existing
                 orphan = self._discard(final)
                 if orphan is not None:
@@ -155,7 +174,7 @@ class Registry:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 folder.rename(final)
                 if existing is not None:
-                    return existing  # its files had gone missing: restored from this copy
+                    return existing  # its files were missing or damaged: restored from this copy
                 record = AdapterRecord(
                     name=name,
                     version=version,
@@ -349,18 +368,84 @@ def _alias(state: RegistryState, alias: str) -> AliasRecord:
 
 def content_version(folder: Path) -> tuple[str, int]:
     """The version of an adapter folder (16 hex digits of sha256 over its sorted (relative
-    path, file sha256) pairs) and its size in bytes."""
-    files = sorted((p.relative_to(folder).as_posix(), p) for p in folder.rglob("*") if p.is_file())
-    outer = hashlib.sha256()
-    size = 0
-    for rel, path in files:
-        inner = hashlib.sha256()
+    path, file sha256) pairs) and its size in bytes (the registry's digest file aside)."""
+    digests = _digests(folder)
+    return _version(digests), _size(folder, digests)
+
+
+def damaged(folder: Path, version: str) -> str | None:
+    """What is wrong with a stored version's files (naming the file), or None when they are
+    the files it was registered with."""
+    try:
+        digests = _digests(folder)
+    except OSError as exc:
+        return f"{exc.filename or folder} cannot be read ({exc.strerror or exc})"
+    if _version(digests) == version:
+        return None
+    recorded = _read_sums(folder)
+    # The digest file names the damaged file, if it is itself whole: its digests make the version.
+    if recorded is not None and _version(recorded) == version:
+        for rel in sorted(recorded.keys() | digests.keys()):
+            path = folder / rel
+            if rel not in digests:
+                return f"{path} is missing"
+            if rel not in recorded:
+                return f"{path} was added after registration"
+            if digests[rel] != recorded[rel]:
+                return (
+                    f"{path} does not match the sha256 recorded when it was registered "
+                    f"({path.stat().st_size} bytes now: truncated or overwritten)"
+                )
+    # Registered before there was a digest file, or that file is damaged too.
+    return f"the files under {folder} do not match the version's sha256 ({version})"
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    """Relative path -> sha256 of each file of an adapter folder, the digest file aside."""
+    digests = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if not path.is_file() or rel == SUMS_FILE:
+            continue
+        digest = hashlib.sha256()
         with path.open("rb") as f:
             while chunk := f.read(1024 * 1024):
-                inner.update(chunk)
-                size += len(chunk)
-        outer.update(f"{rel}\0{inner.hexdigest()}\n".encode())
-    return outer.hexdigest()[:16], size
+                digest.update(chunk)
+        digests[rel] = digest.hexdigest()
+    return digests
+
+
+def _version(digests: dict[str, str]) -> str:
+    outer = hashlib.sha256()
+    for rel in sorted(digests):
+        outer.update(f"{rel}\0{digests[rel]}\n".encode())
+    return outer.hexdigest()[:16]
+
+
+def _size(folder: Path, digests: dict[str, str]) -> int:
+    return sum((folder / rel).stat().st_size for rel in digests)
+
+
+def _write_sums(folder: Path, digests: dict[str, str]) -> None:
+    # sha256sum's format: `cd <version folder> && sha256sum -c .ragtune-sha256` checks it.
+    lines = "".join(f"{digests[rel]}  {rel}\n" for rel in sorted(digests))
+    (folder / SUMS_FILE).write_text(lines, encoding="utf-8")
+
+
+def _read_sums(folder: Path) -> dict[str, str] | None:
+    """The digests recorded at registration; None for a version stored before they were
+    (or whose digest file cannot be read: then the version alone is checked)."""
+    try:
+        text = (folder / SUMS_FILE).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    recorded = {}
+    for line in text.splitlines():
+        digest, sep, rel = line.partition("  ")
+        if not sep or len(digest) != 64:
+            return None
+        recorded[rel] = digest
+    return recorded
 
 
 def _make_read_only(folder: Path) -> None:

@@ -20,6 +20,7 @@ import aiohttp
 from engine.lora import CONFIG_FILE, check_servable, read_lora_config
 from engine.types import Completion, FinishReason, GenerationRequest, StreamDelta, Usage
 from engine.vllm_http import (
+    PROBE_TIMEOUT_S,
     Answer,
     VLLMConnection,
     engine_dead,
@@ -52,6 +53,7 @@ class VLLMBackend:
         self._settings = settings
         self._url = settings.vllm_url.rstrip("/")
         self._http = VLLMConnection(settings, self._url, retry_backoff_s, trace_configs)
+        self._probe_s = min(settings.timeout_s, PROBE_TIMEOUT_S)
 
     # -- generation ---------------------------------------------------------------------
 
@@ -225,7 +227,7 @@ class VLLMBackend:
         ]
 
     async def _models(self) -> list[dict[str, Any]]:
-        answer = await self._http.send("GET", "/v1/models")
+        answer = await self._http.send("GET", "/v1/models", timeout_s=self._probe_s)
         if answer.status != 200:
             self._http.raise_status(answer.status, error_message(answer), "listing models")
         data = parse_json(answer, self._url).get("data")
@@ -264,7 +266,7 @@ class VLLMBackend:
 
     async def health(self) -> None:
         """Return if vLLM's engine answers /health; raise UpstreamUnavailable if not."""
-        answer = await self._http.send("GET", "/health")
+        answer = await self._http.send("GET", "/health", timeout_s=self._probe_s)
         if answer.status != 200:
             raise UpstreamUnavailable(
                 f"vLLM at {self._url} is not healthy (GET /health answered "

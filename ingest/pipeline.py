@@ -5,6 +5,9 @@ deleted, and a document counts as unchanged only when exactly a clean run's poin
 current content are present, so a re-run finishes whatever an interrupted run left. While a
 run writes, the collection's manifest carries an `in_progress` marker.
 
+A full disk stops a run with an error before its next write (see `MIN_FREE_BYTES`), and a
+re-run after freeing space finishes it like any interrupted run.
+
 Document ids of files are relative to the ingest root, so the same folder ingested from
 another checkout or a container path is the same documents. Collections written when ids were
 absolute paths are migrated on the next ingest of the same root (ingest/migration.py).
@@ -13,6 +16,8 @@ absolute paths are migrated on the next ingest of the same root (ingest/migratio
 from __future__ import annotations
 
 import contextlib
+import errno
+import shutil
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,9 +37,16 @@ from ingest.migration import Move, migrate, plan_migration
 from ingest.schema import SCHEMA_VERSION, point_id
 from ingest.sparse import SparseEncoder
 from ingest.store import Collection, DocState, compare_manifest
+from ragtune.errors import UpstreamUnavailable
 
 # How file documents are identified, as recorded in the manifest's `ids` (absent before).
 ID_SCHEME = "relative-to-root"
+# The free space an embedded store must keep to be written to. Qdrant Edge keeps segments in
+# memory-mapped files, and a page it cannot get on a full disk ends the process with SIGBUS
+# instead of an error (seen on a full tmpfs): a run stops before its next write with an error
+# below this, far above what one write batch takes (~1 MB for 256 chunks).
+MIN_FREE_BYTES = 64 * 1024 * 1024
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass(frozen=True)
@@ -100,12 +112,14 @@ class Ingester:
         sparse: SparseEncoder,
         chunker: Chunker,
         write_batch: int = 256,
+        min_free_bytes: int = MIN_FREE_BYTES,
     ) -> None:
         self.store = store
         self.embedder = embedder
         self.sparse = sparse
         self.chunker = chunker
         self.write_batch = write_batch
+        self.min_free_bytes = min_free_bytes
 
     def manifest(self) -> dict[str, Any]:
         """The settings a collection remembers; ingesting with others is refused."""
@@ -120,6 +134,32 @@ class Ingester:
         }
 
     def run(self, paths: Sequence[str | Path], opts: IngestOptions) -> IngestReport:
+        try:
+            return self._run(paths, opts)
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL:
+                raise
+            raise self._full(f"writing failed ({exc})") from exc
+
+    def _room(self) -> None:
+        """Raise before a write when the embedded store's disk is (nearly) full."""
+        if not self.store.in_process or self.store.where == ":memory:":
+            return  # a server's disk is the server's: it answers a full disk with an error
+        free = shutil.disk_usage(self.store.where).free
+        if free < self.min_free_bytes:
+            raise self._full(
+                f"{free // 1024} KiB free, and an ingest keeps at least "
+                f"{self.min_free_bytes // 1024} KiB"
+            )
+
+    def _full(self, detail: str) -> UpstreamUnavailable:
+        return UpstreamUnavailable(
+            f"the disk under the embedded Qdrant at {self.store.where} is full: {detail}. Free "
+            f"space there (or set RAGTUNE_DATA_DIR / RAGTUNE_QDRANT__PATH to a larger disk), then "
+            f"run the same command again: it finishes what this run left"
+        )
+
+    def _run(self, paths: Sequence[str | Path], opts: IngestOptions) -> IngestReport:
         started = time.perf_counter()
         report = IngestReport(collection=opts.collection, dry_run=opts.dry_run)
         collection = Collection(self.store, opts.collection)
@@ -154,10 +194,12 @@ class Ingester:
                 item.chunks = self.chunker.split(item.doc)
                 report.chunks_written += len(item.chunks)
         elif target is not collection:
+            self._room()
             self._rebuild(target, collection, pending, roots, opts.progress, report)
         else:
             final = self._final_manifest(roots)
             if pending or removed_ids or moves:
+                self._room()
                 marker = {
                     **(stored or final),
                     "in_progress": {
@@ -301,6 +343,7 @@ class Ingester:
                 batch.append(item)
                 size += len(item.chunks)
                 if size >= self.write_batch:
+                    self._room()
                     in_flight.append(self._flush(collection, batch, writer))
                     report.chunks_written += size
                     self._tick(bar, len(batch), report.chunks_written, started)
@@ -309,6 +352,7 @@ class Ingester:
                     while len(in_flight) > 2:
                         in_flight.pop(0).result()
             if batch:
+                self._room()
                 in_flight.append(self._flush(collection, batch, writer))
                 report.chunks_written += size
                 self._tick(bar, len(batch), report.chunks_written, started)

@@ -4,10 +4,12 @@ counts the drop) instead of making a request wait for the disk.
 
 Each file is appended to under an exclusive lock (flock), one whole line per write, so several
 processes sharing a data directory keep their lines whole; a line torn by a process that
-stopped mid-write is cut off before the next append (readers skip a torn last line)."""
+stopped mid-write is cut off before the next append (readers skip a torn last line), and lines
+a full disk took only part of are cut off at once (the records are counted as not written)."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -138,10 +140,18 @@ def append_lines(path: Path, lines: bytes) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             _cut_torn_tail(fd, path)
-            view = memoryview(lines)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            start = os.fstat(fd).st_size
+            try:
+                view = memoryview(lines)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except OSError:
+                # A full disk takes part of the lines (a short write, then ENOSPC): cut them
+                # off now, under the lock, so that no reader meets a partial line.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                raise
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.registry import SUMS_FILE
 from tests.fixtures.api import admin_headers
 from tests.fixtures.tiny_model import ALL_TARGETS, build_lora
 from tests.integration.service.admin.conftest import AdminApi, error_message
@@ -55,7 +56,10 @@ def test_register_returns_the_record(admin_api: AdminApi) -> None:
     assert record["evals"] == {}
     # The files are copied into the store, read-only; the source stays where it was.
     stored = admin_api.root / "store" / name / record["version"]
-    assert sorted(p.name for p in stored.iterdir()) == sorted(p.name for p in source.iterdir())
+    # Beside the adapter's files, the registry's checksums of them (checked at every load).
+    assert sorted(p.name for p in stored.iterdir()) == sorted(
+        [SUMS_FILE, *(p.name for p in source.iterdir())]
+    )
     for path in stored.iterdir():
         assert not path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
     assert source.is_dir()
