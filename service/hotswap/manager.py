@@ -19,9 +19,15 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from adapters.registry import AliasRecord, Registry
+from adapters.registry import REGISTRY_FILE, AliasRecord, Registry
 from engine.pool import BackendPool
-from ragtune.errors import InvalidInput, NotFound, RagtuneError
+from ragtune.errors import (
+    AdapterError,
+    InvalidInput,
+    NotFound,
+    RagtuneError,
+    UpstreamUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +68,9 @@ class AdapterManager:
         self._revision: int | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         self._restoring: dict[tuple[int, str], asyncio.Task[bool]] = {}
+        # alias -> why the version the registry names could not be loaded (its files are
+        # damaged, the engine refused it): the alias stays where it was; retried every sync.
+        self._failed: dict[str, RagtuneError] = {}
         self._loop: asyncio.Task[None] | None = None
         self.members: list[MemberStatus] = []
         # A replica that restarted between two syncs answers NotFound for the adapters it
@@ -104,6 +113,9 @@ class AdapterManager:
             # An alias made a moment ago by another process: look before refusing (the
             # registry only; reconciling the backends is the loop's job, not a request's).
             await self.sync(reconcile=False)
+            if alias in self._failed:
+                failed = self._failed[alias]
+                raise type(failed)(str(failed))
             if alias not in self._active:
                 raise NotFound(
                     f"adapter alias {alias!r} is not in the registry (aliases: "
@@ -220,11 +232,30 @@ class AdapterManager:
         """Follow the registry (aliases flipped elsewhere) and reconcile every backend."""
         async with self._lock:
             state = await asyncio.to_thread(self.registry.snapshot)
-            if state.revision != self._revision:
+            if state.revision == 0 and ((self._revision or 0) > 0 or self._active):
+                # registry.json was there and is gone: far more often a volume that is not
+                # mounted (yet) than a registry emptied on purpose, which goes through the
+                # admin API and writes a new revision. Retiring every alias would take every
+                # adapter route down: keep serving what was read last, and say so.
+                raise UpstreamUnavailable(
+                    f"the adapter registry's {REGISTRY_FILE} at {self.registry.root} has "
+                    f"disappeared (aliases served: {', '.join(sorted(self._active)) or 'none'}); "
+                    "is its volume "
+                    "mounted? The aliases read last are still served until it is back"
+                )
+            if state.revision != self._revision or self._failed:
+                failed: dict[str, RagtuneError] = {}
                 for alias, record in state.aliases.items():
                     if self._active.get(alias) != record.target:
-                        await self._ensure_loaded(record.target)
+                        try:
+                            await self._ensure_loaded(record.target)
+                        except RagtuneError as exc:
+                            # One version that cannot be loaded holds back no other alias.
+                            log.warning("alias %s stays unchanged: %s", alias, exc)
+                            failed[alias] = exc
+                            continue
                         await self._switch(alias, record.target)
+                self._failed = failed
                 for alias in set(self._active) - set(state.aliases):
                     old = self._active.pop(alias)
                     self._retire(old)
@@ -325,7 +356,12 @@ class AdapterManager:
                 loaded = set(await member.list_adapters())
                 status.missing = sorted(wanted - loaded)
                 for ref in status.missing:
-                    await member.load_adapter(ref, await asyncio.to_thread(self.registry.path, ref))
+                    try:
+                        path = await asyncio.to_thread(self.registry.path, ref)
+                        await member.load_adapter(ref, path)
+                    except (AdapterError, NotFound) as exc:
+                        # The version's files, not the backend: it serves the other routes.
+                        status.error = str(exc)
                 # Reported, not unloaded: another API process sharing this engine may still
                 # be draining requests on a version this one has retired.
                 status.extra = sorted(r for r in loaded - managed if "@" in r)
