@@ -124,6 +124,7 @@ class Fuzz:
     statuses: Counter[str] = field(default_factory=Counter)
     seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     failures: list[str] = field(default_factory=list)
+    answerable: int = 0  # bodies made answerable so far: every other one is streamed
 
     def operations(self) -> list[Operation]:
         operations = []
@@ -178,10 +179,13 @@ def _steer(fuzz: Fuzz, operation: Operation, draw: Callable[[Any], Any], case: A
     if body[route_field] is None:
         del body[route_field]
     if draw(st.booleans()):
-        _answerable(body, body.get(route_field, "chat"), draw)
+        fuzz.answerable += 1
+        _answerable(body, body.get(route_field, "chat"), draw, stream=fuzz.answerable % 2 == 0)
 
 
-def _answerable(body: dict[str, Any], route: str, draw: Callable[[Any], Any]) -> None:
+def _answerable(
+    body: dict[str, Any], route: str, draw: Callable[[Any], Any], *, stream: bool
+) -> None:
     """Make a generated body one the route answers: a user question last, sampling within the
     server's limits, only the overrides the route allows."""
     if "messages" in body:
@@ -192,8 +196,9 @@ def _answerable(body: dict[str, Any], route: str, draw: Callable[[Any], Any]) ->
             and isinstance(m.get("content"), str)
         ]
         body["messages"] = [*kept, {"role": "user", "content": draw(QUESTIONS)}]
-        # Generated bodies seldom set it: half the answers are streamed.
-        body["stream"] = draw(st.booleans())
+        # Generated bodies seldom set it: every other answer is streamed (alternating, not
+        # drawn, so that each endpoint's few answerable cases always include both kinds).
+        body["stream"] = stream
     if body.get("max_tokens") is not None and body.get("max_completion_tokens") is not None:
         del body["max_tokens"]
     for name in ("max_tokens", "max_completion_tokens"):
