@@ -265,6 +265,17 @@ _KEY_ADVICE = (
 )
 
 
+def _json_list(value: Any, refusal: str) -> Any:
+    """An environment value (a string) parsed as the JSON list it must be; other values as
+    they are, for pydantic to check."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        raise ValueError(refusal) from None
+
+
 class ApiSettings(_Section):
     """The HTTP service: where it listens, its routes file, its limits and its API keys."""
 
@@ -348,15 +359,11 @@ class ApiSettings(_Section):
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _origins_list(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        try:
-            return json.loads(value)
-        except ValueError:
-            raise ValueError(
-                "api.cors_origins must be a JSON list, e.g. "
-                "RAGTUNE_API__CORS_ORIGINS='[\"https://app.example.com\"]'"
-            ) from None
+        return _json_list(
+            value,
+            "api.cors_origins must be a JSON list, e.g. "
+            "RAGTUNE_API__CORS_ORIGINS='[\"https://app.example.com\"]'",
+        )
 
     @field_validator("cors_origins")
     @classmethod
@@ -374,14 +381,9 @@ class ApiSettings(_Section):
     @field_validator("keys", mode="before")
     @classmethod
     def _keys_list(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        try:
-            return json.loads(value)
-        except ValueError:
-            raise ValueError(
-                'api.keys must be a JSON list, e.g. RAGTUNE_API__KEYS=\'["key-1", "key-2"]\''
-            ) from None
+        return _json_list(
+            value, 'api.keys must be a JSON list, e.g. RAGTUNE_API__KEYS=\'["key-1", "key-2"]\''
+        )
 
     @field_validator("keys")
     @classmethod

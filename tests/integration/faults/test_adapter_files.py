@@ -26,13 +26,10 @@ from tests.fixtures.api import admin_headers, api_settings, running_app
 from tests.fixtures.scripted_backend import ScriptedBackend
 from tests.fixtures.tiny_model import build_lora
 from tests.integration.service.hotswap.swapping import ALIAS, ask, flip, register, status
+from tests.integration.service.hotswap.swapping import ROUTES as SWAP_ROUTES
 
-ROUTES = f"""\
-routes:
-  {ALIAS}:
-    kind: chat
-    adapter: {ALIAS}
-    prompt: {{user: '{{question}}'}}
+# The hot-swap tests' `tone` route, and one on the base model that must keep serving.
+ROUTES = f"""{SWAP_ROUTES}\
   plain:
     kind: chat
     prompt: {{user: '{{question}}'}}
